@@ -1,0 +1,48 @@
+# Longhaul. `make run` starts the whole stack; `make test` runs the tests. Both install what is missing.
+# Generated protobuf code is built here into gen/ (git-ignored), never committed.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+GENERATED := gen/.generated
+PROTOS := $(shell find protos -name '*.proto')
+
+.PHONY: install run test lint proto clean
+
+install: $(GENERATED)
+
+# Debian packages: redis-server is the run command's fallback Redis and what the tests start.
+$(VENV)/.system:
+	@command -v redis-server >/dev/null || { \
+		echo "installing redis-server with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@touch $@
+
+$(INSTALLED): $(VENV)/.system requirements.txt requirements-dev.txt pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+# The descriptor set (gen/longhaul.pb) is what Envoy's REST transcoder reads.
+$(GENERATED): $(INSTALLED) $(PROTOS)
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/googleapis \
+		--python_out=gen --grpc_python_out=gen --pyi_out=gen \
+		--include_imports --descriptor_set_out=gen/longhaul.pb $(PROTOS)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+proto: $(GENERATED)
+
+run: install
+	$(PY) -m devstack
+
+test: install lint
+	$(PY) -m pytest
+
+lint: $(INSTALLED)
+	$(VENV)/bin/buf lint
+
+clean:
+	rm -rf gen .data .pytest_cache

@@ -1,0 +1,169 @@
+"""`make run`: the whole stack on one machine with embedded defaults, in the foreground.
+
+Uses the Redis at REDIS_URL when one answers there and starts a local redis-server otherwise;
+likewise the S3 server at S3_ENDPOINT (SeaweedFS otherwise). Then the buckets and seed files, the
+gRPC server, the workers and Envoy. Ctrl-C or SIGTERM stops every process it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+from devstack.processes import ManagedProcess, ProcessFailed, port_open
+from devstack.seed import SEED_FILE_IDS, seed_sources
+from devstack.services import ROOT, envoy_config, python_process, start_envoy, start_redis, start_seaweedfs
+from jobs.connections import s3_client_kwargs, s3_session
+from jobs.logs import setup_logging
+from jobs.settings import ENV_VARS, Settings
+
+log = logging.getLogger("devstack")
+
+
+class Stack:
+    def __init__(self, settings: Settings, data_dir: Path, workers: int, envoy_port: int, envoy_admin_port: int):
+        self.settings = settings
+        self.data_dir = data_dir
+        self.log_dir = data_dir / "logs"
+        self.workers = workers
+        self.envoy_port = envoy_port
+        self.envoy_admin_port = envoy_admin_port
+        self.started: list[ManagedProcess] = []
+        self.notes: list[str] = []
+
+    def start(self) -> None:
+        self._redis()
+        self._s3()
+        asyncio.run(self._prepare_buckets())
+        env = self._service_env()
+        server = python_process("server", "server", env, self.log_dir)
+        self.started.append(server)
+        grpc_port = int(self.settings.grpc_listen.rsplit(":", 1)[1])
+        server.wait_until(lambda: port_open(grpc_port), 30, "serving gRPC")
+        for index in range(self.workers):
+            worker_env = dict(env, WORKER_NAME=f"worker-{index + 1}@{os.uname().nodename}")
+            self.started.append(python_process(f"worker-{index + 1}", "worker", worker_env, self.log_dir))
+        config = envoy_config(self.envoy_port, self.envoy_admin_port, [grpc_port])
+        self.started.append(start_envoy(config, self.data_dir / "envoy", self.log_dir))
+
+    def _redis(self) -> None:
+        url = urlparse(self.settings.redis_url)
+        try:
+            redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1).ping()
+            self.notes.append(f"Redis        {self.settings.redis_url} (already running)")
+            return
+        except redis.RedisError:
+            if url.hostname not in ("127.0.0.1", "localhost"):
+                raise SystemExit(f"Redis at {self.settings.redis_url} does not answer") from None
+        port = url.port or 6379
+        self.started.append(start_redis(port, self.data_dir / "redis", self.log_dir))
+        self.notes.append(f"Redis        {self.settings.redis_url} (started here, data in {self.data_dir / 'redis'})")
+
+    def _s3(self) -> None:
+        url = urlparse(self.settings.s3_endpoint)
+        port = url.port or 80
+        if port_open(port, url.hostname or "127.0.0.1"):
+            self.notes.append(f"S3           {self.settings.s3_endpoint} (already running)")
+            return
+        if url.hostname not in ("127.0.0.1", "localhost"):
+            raise SystemExit(f"S3 at {self.settings.s3_endpoint} does not answer")
+        s = self.settings
+        self.started.append(
+            start_seaweedfs(
+                self.data_dir / "seaweedfs", self.log_dir, port, s.s3_access_key_id, s.s3_secret_access_key,
+                [s.source_bucket, s.artifact_bucket],
+            )
+        )
+        self.notes.append(
+            f"S3           {s.s3_endpoint} (SeaweedFS started here; key {s.s3_access_key_id}, "
+            f"secret {s.s3_secret_access_key})"
+        )
+
+    async def _prepare_buckets(self) -> None:
+        s = self.settings
+        async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
+            existing = {b["Name"] for b in (await s3.list_buckets()).get("Buckets", [])}
+            for bucket in (s.source_bucket, s.artifact_bucket):
+                if bucket not in existing:
+                    await s3.create_bucket(Bucket=bucket)
+            written = await seed_sources(s3, s)
+        self.notes.append(
+            f"Source files {len(SEED_FILE_IDS)} in s3://{s.source_bucket}/{s.source_prefix} "
+            f"(ids {SEED_FILE_IDS[0]}, {SEED_FILE_IDS[1]}, ... {SEED_FILE_IDS[-1]}; {written} written now)"
+        )
+
+    def _service_env(self) -> dict[str, str]:
+        """The settings as environment variables, so server and workers agree with this stack."""
+        return {var: str(getattr(self.settings, name)) for var, name in ENV_VARS.items()}
+
+    def banner(self) -> str:
+        grpc = self.settings.grpc_listen
+        lines = [
+            "",
+            "Longhaul is running.",
+            f"  gRPC (direct) {grpc}",
+            f"  Envoy         127.0.0.1:{self.envoy_port}   (admin 127.0.0.1:{self.envoy_admin_port})",
+            *(f"  {note}" for note in self.notes),
+            f"  Workers       {self.workers} processes",
+            f"  Logs          {self.log_dir}",
+            "",
+            "Try:",
+            f"  grpcurl -plaintext -d '{{\"file_ids\": [70000, 70007]}}' 127.0.0.1:{self.envoy_port} "
+            "longhaul.download.v1.DownloadService/InitiateDownload",
+            "",
+            "Ctrl-C stops everything.",
+        ]
+        return "\n".join(lines)
+
+    def watch(self, stop: list[int]) -> int:
+        """Waits for a signal (returns 0) or for a child to die (returns 1)."""
+        while not stop:
+            for proc in self.started:
+                if not proc.alive():
+                    log.error("%s exited unexpectedly; see %s\n%s", proc.name, proc.log_path, proc.tail())
+                    return 1
+            time.sleep(0.2)
+        return 0
+
+    def stop(self) -> None:
+        for proc in reversed(self.started):
+            log.info("stopping %s", proc.name)
+            proc.stop()
+
+
+def main() -> int:
+    setup_logging("devstack")
+    settings = Settings.from_env()
+    data_dir = Path(os.environ.get("LONGHAUL_DATA_DIR", ROOT / ".data")).resolve()
+    stack = Stack(
+        settings,
+        data_dir,
+        workers=int(os.environ.get("WORKER_PROCESSES", "2")),
+        envoy_port=int(os.environ.get("ENVOY_PORT", "8080")),
+        envoy_admin_port=int(os.environ.get("ENVOY_ADMIN_PORT", "9901")),
+    )
+    stop: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, _frame: stop.append(number))
+    try:
+        stack.start()
+        print(stack.banner(), flush=True)
+        code = stack.watch(stop)
+    except (ProcessFailed, OSError) as error:
+        log.error("%s", error)
+        code = 1
+    finally:
+        stack.stop()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

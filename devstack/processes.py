@@ -1,0 +1,123 @@
+"""Child processes that are started, waited for, and always stopped: no strays after Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+class ProcessFailed(RuntimeError):
+    pass
+
+
+class ManagedProcess:
+    """A child in its own process group, logging to a file, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = env
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ManagedProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_until(self, ready: Callable[[], bool], timeout_s: float = 30.0, what: str = "ready") -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ProcessFailed(f"{self.name} exited before it was {what}; see {self.log_path}\n{self.tail()}")
+            if ready():
+                return
+            time.sleep(0.05)
+        raise ProcessFailed(f"{self.name} was not {what} within {timeout_s:.0f}s; see {self.log_path}\n{self.tail()}")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.killpg(self.pid, sig)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM to the whole group, SIGKILL if it has not exited after `timeout_s`."""
+        if self.proc is None:
+            return
+        if self.alive():
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        else:
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.alive():
+            os.killpg(self.pid, signal.SIGKILL)
+            assert self.proc is not None
+            self.proc.wait()
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port(reserved: set[int] | None = None, also_free: Sequence[int] = ()) -> int:
+    """A port free on 127.0.0.1 now, optionally with `port + offset` free too for each offset.
+
+    SeaweedFS listens on every HTTP port + 10000 for gRPC, hence `also_free`.
+    """
+    reserved = reserved if reserved is not None else set()
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        candidates = [port, *(port + offset for offset in also_free)]
+        if any(p in reserved or p > 65535 or port_open(p) for p in candidates):
+            continue
+        reserved.update(candidates)
+        return port
+    raise RuntimeError("no free port found")

@@ -1,0 +1,132 @@
+"""How to start each real component on chosen ports: Redis, SeaweedFS (S3), Envoy, and our own
+server and worker processes. Used by `make run` and by the test fixtures alike."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from devstack.processes import ManagedProcess, free_port, port_open
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name, path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed; run `make install`")
+    return found
+
+
+def start_redis(port: int, data_dir: Path, log_dir: Path) -> ManagedProcess:
+    """A throwaway Redis without persistence (tests and the run command's fallback)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        _binary("redis-server"),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(data_dir),
+    ]
+    proc = ManagedProcess("redis", argv, log_dir / f"redis-{port}.log").start()
+    proc.wait_until(lambda: port_open(port), 10, "accepting connections")
+    return proc
+
+
+def start_seaweedfs(
+    data_dir: Path,
+    log_dir: Path,
+    s3_port: int,
+    access_key: str,
+    secret_key: str,
+    buckets: list[str],
+) -> ManagedProcess:
+    """SeaweedFS `weed mini` serving S3 on 127.0.0.1:s3_port, enforcing the given credentials.
+
+    Every other port it opens is chosen here too, so several instances can run side by side.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    reserved = {s3_port, s3_port + 10000}
+    ports = {name: free_port(reserved, also_free=(10000,)) for name in ("master", "volume", "filer", "admin")}
+    webdav = free_port(reserved)
+    argv = [
+        _binary("weed"), "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-bucket={','.join(buckets)}",
+        f"-s3.port={s3_port}", f"-s3.port.grpc={s3_port + 10000}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master'] + 10000}",
+        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume'] + 10000}",
+        f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer'] + 10000}",
+        f"-admin.port={ports['admin']}", f"-admin.port.grpc={ports['admin'] + 10000}",
+        "-admin.ui=false",
+        f"-webdav.port={webdav}",
+    ]
+    # With credentials in its environment, weed enforces them: anonymous reads get 403.
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
+    proc = ManagedProcess("seaweedfs", argv, log_dir / f"seaweedfs-{s3_port}.log", env=env, cwd=data_dir).start()
+    proc.wait_until(lambda: _s3_answers(s3_port), 60, "serving S3")
+    return proc
+
+
+def _s3_answers(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+    except urllib.error.HTTPError:
+        return True  # 403 to an anonymous request: S3 is up
+    except OSError:
+        return False
+    return True
+
+
+def envoy_config(
+    listen_port: int, admin_port: int, grpc_ports: list[int], source: Path = ROOT / "envoy.yaml"
+) -> dict:
+    """envoy.yaml with its ports replaced, so tests run the very configuration users run."""
+    config = yaml.safe_load(source.read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"]["port_value"] = listen_port
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == "longhaul_grpc":
+            endpoint = cluster["load_assignment"]["endpoints"][0]
+            template = endpoint["lb_endpoints"][0]
+            endpoint["lb_endpoints"] = []
+            for port in grpc_ports:
+                entry = yaml.safe_load(yaml.safe_dump(template))
+                entry["endpoint"]["address"]["socket_address"]["port_value"] = port
+                endpoint["lb_endpoints"].append(entry)
+    return config
+
+
+def start_envoy(config: Mapping, work_dir: Path, log_dir: Path, name: str = "envoy") -> ManagedProcess:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    listen_port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    argv = [
+        _binary("envoy"), "-c", str(path),
+        "--use-dynamic-base-id",  # several Envoys on one machine need distinct shared-memory ids
+        "--log-level", "warn",
+    ]
+    proc = ManagedProcess(name, argv, log_dir / f"{name}-{listen_port}.log").start()
+    proc.wait_until(lambda: port_open(listen_port), 30, "listening")
+    return proc
+
+
+def python_process(name: str, module: str, env: Mapping[str, str], log_dir: Path) -> ManagedProcess:
+    """Our own server or worker, as `python -m module`, configured by environment variables."""
+    full_env = dict(os.environ)
+    full_env.update(env)
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    return ManagedProcess(name, [sys.executable, "-m", module], log_dir / f"{name}.log", env=full_env, cwd=ROOT).start()

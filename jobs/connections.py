@@ -1,0 +1,62 @@
+"""Connections to Redis and S3, configured the same way by the server and the worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.connection import parse_url
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+
+from jobs.settings import Settings
+
+# Blocking queue reads wait up to 10 s; a shorter socket timeout turns every idle wait into an
+# error and a reconnect (seen as 5 s job-start delays with redis-py's defaults).
+_SOCKET_TIMEOUT_S = 30
+
+
+def redis_client(settings: Settings, **overrides: Any) -> Redis:
+    """A pooled client that retries a command through short Redis blips."""
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": _SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": 5,
+        "retry": Retry(ExponentialBackoff(cap=2, base=0.05), retries=5),
+        "retry_on_error": [BusyLoadingError, ConnectionError, TimeoutError],
+        "health_check_interval": 30,
+    }
+    options.update(overrides)
+    return Redis.from_url(settings.redis_url, **options)
+
+
+def bullmq_connection(settings: Settings) -> dict[str, Any]:
+    """Connection options for bullmq, which builds its own clients (one of them blocking)."""
+    options = parse_url(settings.redis_url)
+    options["socket_timeout"] = _SOCKET_TIMEOUT_S
+    return options
+
+
+def s3_session() -> aioboto3.Session:
+    return aioboto3.Session()
+
+
+def s3_client_kwargs(settings: Settings, endpoint: str | None = None) -> dict[str, Any]:
+    """Arguments for `session.client("s3", ...)`; path-style addressing works with any S3 server."""
+    return {
+        "endpoint_url": endpoint or settings.s3_endpoint,
+        "region_name": settings.s3_region,
+        "aws_access_key_id": settings.s3_access_key_id,
+        "aws_secret_access_key": settings.s3_secret_access_key,
+        "config": Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=64,
+        ),
+    }

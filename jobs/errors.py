@@ -1,0 +1,47 @@
+"""Domain errors raised by the job store. The server maps each to a gRPC status in one place."""
+
+from __future__ import annotations
+
+
+class JobsError(Exception):
+    """Base of every error the jobs package raises on purpose."""
+
+
+class JobNotFound(JobsError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no download job {job_id!r}")
+        self.job_id = job_id
+
+
+class IdempotencyConflict(JobsError):
+    def __init__(self, request_id: str, job_id: str) -> None:
+        super().__init__(
+            f"request_id {request_id!r} was already used for a different set of file_ids "
+            f"(job {job_id}); use a new request_id for a new download"
+        )
+        self.request_id = request_id
+        self.job_id = job_id
+
+
+class JobAlreadyFinished(JobsError):
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(f"job {job_id} already finished as {state}; there is nothing to cancel")
+        self.job_id = job_id
+        self.state = state
+
+
+class HistoryAhead(JobsError):
+    def __init__(self, after_seq: int, latest_seq: int) -> None:
+        super().__init__(
+            f"after_seq {after_seq} is ahead of the job's latest event {latest_seq}; "
+            f"pass the last seq you received, or 0 for a fresh watch"
+        )
+
+
+class RunSuperseded(JobsError):
+    """The job's record no longer belongs to this run: it finished, was cancelled or taken over."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id}: this run no longer owns the job ({reason})")
+        self.job_id = job_id
+        self.reason = reason

@@ -1,0 +1,54 @@
+"""The Redis layout: every key and channel Longhaul uses is built here and nowhere else.
+
+    {p}:job:{id}          hash    the job record (fields: jobs.model.F)
+    {p}:job:{id}:events   stream  the job's event history; entry id "{seq}-0", field "e" = JSON
+    {p}:job:{id}:gone     string  tombstone kept after the record expires, so the job reads EXPIRED
+    {p}:jobs              zset    index for listing, members "{created_ms:013d}:{id}" ordered by lex
+    {p}:idem:{request_id} string  idempotency key -> "{job_id} {fingerprint}"
+    {p}:events            channel every job event, "{id}\\n{json}", read by each server's watch hub
+    {p}:cancel            channel job ids to cancel, read by every worker process
+    {p}:q:{queue}:*       bullmq's own keys for the work queue
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def tombstone(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:gone"
+
+    def idempotency(self, request_id: str) -> str:
+        return f"{self.prefix}:idem:{request_id}"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def events_channel(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def cancel_channel(self) -> str:
+        return f"{self.prefix}:cancel"
+
+    @property
+    def queue_prefix(self) -> str:
+        """bullmq's `prefix` option: its keys become `{p}:q:{queue}:...`."""
+        return f"{self.prefix}:q"
+
+
+def index_member(created_ms: int, job_id: str) -> str:
+    """Zero-padded so lexicographic order is creation order (newest last)."""
+    return f"{created_ms:013d}:{job_id}"

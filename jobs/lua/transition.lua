@@ -1,0 +1,48 @@
+-- Applies one change to a live job, appends it to the job's history and publishes it, atomically.
+-- A finished job never changes again, and a run whose token is stale (the job was taken over by
+-- another worker) cannot write: that is what makes the result exactly-once.
+-- KEYS: job, events, tombstone
+-- ARGV: now_ms, history_len, channel, event_type, expect_token ("" = any), claim_token ("" = none),
+--       job_ttl_s, tombstone_ttl_s, job_id, field, value, ...
+-- Returns {"ok", seq, payload} | {"missing"} | {"finished", state} | {"fenced"}
+local terminal = {COMPLETED = true, FAILED = true, CANCELLED = true}
+local state = redis.call("HGET", KEYS[1], "state")
+if not state then return {"missing"} end
+if terminal[state] then return {"finished", state} end
+local expect_token, claim_token = ARGV[5], ARGV[6]
+if expect_token ~= "" and redis.call("HGET", KEYS[1], "token") ~= expect_token then
+  return {"fenced"}
+end
+
+local fields = {"updated_ms", ARGV[1]}
+local new_state = nil
+for i = 10, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  if ARGV[i] == "state" then new_state = ARGV[i + 1] end
+end
+if claim_token ~= "" then
+  -- A worker takes the job: a new attempt, fenced by its own token; the first start time stays.
+  redis.call("HINCRBY", KEYS[1], "attempts", 1)
+  redis.call("HSETNX", KEYS[1], "started_ms", ARGV[1])
+  fields[#fields + 1] = "token"
+  fields[#fields + 1] = claim_token
+end
+local seq = redis.call("HINCRBY", KEYS[1], "seq", 1)
+redis.call("HSET", KEYS[1], unpack(fields))
+
+local all = redis.call("HGETALL", KEYS[1])
+local event = {ev = ARGV[4]}
+for i = 1, #all, 2 do
+  local k = all[i]
+  if k ~= "file_ids" and k ~= "token" then event[k] = all[i + 1] end
+end
+local payload = cjson.encode(event)
+redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[2], seq .. "-0", "e", payload)
+redis.call("PUBLISH", ARGV[3], ARGV[9] .. "\n" .. payload)
+if new_state and terminal[new_state] then
+  redis.call("EXPIRE", KEYS[1], ARGV[7])
+  redis.call("EXPIRE", KEYS[2], ARGV[7])
+  redis.call("SET", KEYS[3], new_state, "EX", ARGV[8])
+end
+return {"ok", seq, payload}

@@ -1,0 +1,82 @@
+"""The job's vocabulary: states, phases, event types and the fields of the stored record.
+
+Values are stored as the proto enum names without their prefix (state "QUEUED" is
+JOB_STATE_QUEUED), so Redis stays readable and the server maps them to the contract one to one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+
+TERMINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.EXPIRED})
+
+
+class Phase(StrEnum):
+    QUEUED = "QUEUED"
+    FETCHING = "FETCHING"
+    PACKAGING = "PACKAGING"
+    UPLOADING = "UPLOADING"
+    DONE = "DONE"
+
+
+class EventType(StrEnum):
+    SNAPSHOT = "SNAPSHOT"
+    STATE_CHANGED = "STATE_CHANGED"
+    PROGRESS = "PROGRESS"
+
+
+class Priority(StrEnum):
+    LOW = "LOW"
+    NORMAL = "NORMAL"
+    HIGH = "HIGH"
+
+
+# bullmq runs lower numbers first; every job gets one so priorities order the whole queue.
+QUEUE_PRIORITY = {Priority.HIGH: 1, Priority.NORMAL: 5, Priority.LOW: 10}
+
+
+class F:
+    """Field names of the job record hash (and of the JSON events built from it)."""
+
+    ID = "id"
+    STATE = "state"
+    PHASE = "phase"
+    PERCENT = "pct"
+    FILES_DONE = "files_done"
+    FILES_TOTAL = "files_total"
+    BYTES_DONE = "bytes_done"
+    BYTES_TOTAL = "bytes_total"
+    MESSAGE = "msg"
+    ATTEMPTS = "attempts"
+    CREATED_MS = "created_ms"
+    STARTED_MS = "started_ms"
+    UPDATED_MS = "updated_ms"
+    FINISHED_MS = "finished_ms"
+    EXPIRE_MS = "expire_ms"
+    ETA_MS = "eta_ms"
+    WORKER = "worker"
+    FILE_IDS = "file_ids"  # JSON list; left out of events
+    PRIORITY = "priority"
+    REQUEST_ID = "request_id"
+    RESULT = "result"  # JSON, see worker.pipeline.ArchiveResult.to_json
+    ERROR = "error"  # JSON {"code", "message", "retryable"}
+    SEQ = "seq"
+    TOKEN = "token"  # the running attempt's fencing token; left out of events
+    EVENT = "ev"  # only in events: the EventType
+
+
+# Limits of InitiateDownload, from the original HTTP service.
+MIN_FILE_ID = 10_000
+MAX_FILE_ID = 100_000_000
+MAX_FILES_PER_JOB = 1_000
+MAX_REQUEST_ID_LEN = 128

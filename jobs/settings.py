@@ -1,0 +1,126 @@
+"""Every setting of Longhaul, read once from the environment by each process's entry point.
+
+Library code takes a `Settings` as an argument and never reads the environment itself, so tests
+build settings directly and nothing leaks between them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Redis: job records, event histories, the queue.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every key and the queue live under this prefix, so several deployments (or tests) can share
+    # one Redis without seeing each other.
+    redis_prefix: str = "lh"
+    queue_name: str = "downloads"
+
+    # S3: sources are read from `source_bucket/source_prefix{file_id}.zip`, archives are written to
+    # `artifact_bucket`.
+    s3_endpoint: str = "http://127.0.0.1:8333"
+    # The endpoint written into presigned URLs: what users can reach (defaults to s3_endpoint).
+    s3_public_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = "longhaul"
+    s3_secret_access_key: str = "longhaul-dev-secret"
+    source_bucket: str = "downloads"
+    source_prefix: str = "downloads/"
+    artifact_bucket: str = "artifacts"
+
+    # Results and retention.
+    presign_ttl_s: int = 900
+    job_ttl_s: int = 86_400
+    # How long an expired job still reads EXPIRED (rather than NOT_FOUND).
+    expired_retention_s: int = 604_800
+    # Events kept per job for resuming a watch; a longer gap gets a fresh snapshot.
+    event_history_len: int = 1_000
+
+    # Server.
+    grpc_listen: str = "127.0.0.1:50051"
+    heartbeat_s: float = 15.0
+    health_check_interval_s: float = 5.0
+    shutdown_grace_s: float = 5.0
+
+    # Worker.
+    worker_concurrency: int = 16
+    worker_name: str = ""
+    # Simulated preparation time of a job, drawn uniformly (the original service's variables).
+    delay_min_ms: int = 10_000
+    delay_max_ms: int = 120_000
+    upload_part_size: int = 8 * 1024 * 1024
+    # A job whose worker dies is handed to another worker once its lock lapses: lock_ms plus at most
+    # stalled_check_ms. Both are short so a killed worker's job restarts in seconds, not minutes.
+    lock_ms: int = 10_000
+    stalled_check_ms: int = 5_000
+    max_stalled_count: int = 5
+
+    @property
+    def presign_endpoint(self) -> str:
+        return self.s3_public_endpoint or self.s3_endpoint
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Builds settings from environment variables (see ENV_VARS); unset ones keep defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for var, name in ENV_VARS.items():
+            if var in environ and environ[var] != "":
+                raw = environ[var]
+                kind = types[name]
+                try:
+                    values[name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+                except ValueError:
+                    raise ValueError(f"{var}={raw!r} is not a valid {kind}") from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.delay_min_ms < 0 or self.delay_max_ms < self.delay_min_ms:
+            raise ValueError("need 0 <= DOWNLOAD_DELAY_MIN_MS <= DOWNLOAD_DELAY_MAX_MS")
+        if self.upload_part_size < 5 * 1024 * 1024:
+            raise ValueError("UPLOAD_PART_SIZE must be at least 5 MiB (the S3 minimum part size)")
+        if self.heartbeat_s <= 0 or self.presign_ttl_s <= 0 or self.job_ttl_s <= 0:
+            raise ValueError("HEARTBEAT_INTERVAL_S, PRESIGN_TTL_S and JOB_TTL_S must be positive")
+
+
+# Environment variable -> Settings field. The README's settings table mirrors this.
+ENV_VARS: dict[str, str] = {
+    "REDIS_URL": "redis_url",
+    "LONGHAUL_REDIS_PREFIX": "redis_prefix",
+    "LONGHAUL_QUEUE": "queue_name",
+    "S3_ENDPOINT": "s3_endpoint",
+    "S3_PUBLIC_ENDPOINT": "s3_public_endpoint",
+    "S3_REGION": "s3_region",
+    "S3_ACCESS_KEY_ID": "s3_access_key_id",
+    "S3_SECRET_ACCESS_KEY": "s3_secret_access_key",
+    "S3_SOURCE_BUCKET": "source_bucket",
+    "S3_SOURCE_PREFIX": "source_prefix",
+    "S3_ARTIFACT_BUCKET": "artifact_bucket",
+    "PRESIGN_TTL_S": "presign_ttl_s",
+    "JOB_TTL_S": "job_ttl_s",
+    "EXPIRED_RETENTION_S": "expired_retention_s",
+    "EVENT_HISTORY_LEN": "event_history_len",
+    "GRPC_LISTEN": "grpc_listen",
+    "HEARTBEAT_INTERVAL_S": "heartbeat_s",
+    "HEALTH_CHECK_INTERVAL_S": "health_check_interval_s",
+    "SHUTDOWN_GRACE_S": "shutdown_grace_s",
+    "WORKER_CONCURRENCY": "worker_concurrency",
+    "WORKER_NAME": "worker_name",
+    "DOWNLOAD_DELAY_MIN_MS": "delay_min_ms",
+    "DOWNLOAD_DELAY_MAX_MS": "delay_max_ms",
+    "UPLOAD_PART_SIZE": "upload_part_size",
+    "WORKER_LOCK_MS": "lock_ms",
+    "WORKER_STALLED_CHECK_MS": "stalled_check_ms",
+    "WORKER_MAX_STALLED_COUNT": "max_stalled_count",
+}

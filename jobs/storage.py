@@ -1,0 +1,50 @@
+"""The S3 layout: where source files are read from and where archives are written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from jobs.settings import Settings
+
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    file_id: int
+    key: str
+    size: int
+    last_modified: datetime
+
+
+def source_key(settings: Settings, file_id: int) -> str:
+    return f"{settings.source_prefix}{file_id}.zip"
+
+
+def artifact_name(job_id: str) -> str:
+    return f"longhaul-{job_id}.zip"
+
+
+def artifact_key(job_id: str) -> str:
+    """Derived from the job id alone, so a job that runs twice writes the same object."""
+    return f"jobs/{job_id}/{artifact_name(job_id)}"
+
+
+def is_missing(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") in _MISSING_CODES
+
+
+async def head_source(s3: Any, settings: Settings, file_id: int) -> SourceFile | None:
+    """The source file's metadata, or None when there is no such object."""
+    key = source_key(settings, file_id)
+    try:
+        reply = await s3.head_object(Bucket=settings.source_bucket, Key=key)
+    except ClientError as error:
+        if is_missing(error):
+            return None
+        raise
+    return SourceFile(file_id, key, reply["ContentLength"], reply["LastModified"])

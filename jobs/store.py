@@ -1,0 +1,256 @@
+"""The job store: every read and write of job state in Redis goes through here.
+
+Each write is one Lua script, so the record, the event history and the live notification never
+disagree, and each costs one round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+
+from jobs.errors import HistoryAhead, IdempotencyConflict, JobAlreadyFinished, JobNotFound, RunSuperseded
+from jobs.keys import Keys, index_member
+from jobs.model import F, EventType, Phase, Priority, State
+from jobs.settings import Settings
+
+Fields = dict[str, str]
+
+
+def _script(name: str) -> str:
+    return resources.files("jobs").joinpath(f"lua/{name}.lua").read_text()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def fingerprint(file_ids: Iterable[int]) -> str:
+    """Identifies a request's content for idempotency: the same ids in the same order."""
+    return hashlib.sha256(",".join(map(str, file_ids)).encode()).hexdigest()[:32]
+
+
+class JobStore:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.redis_prefix)
+        self._create = redis.register_script(_script("create"))
+        self._transition = redis.register_script(_script("transition"))
+
+    # -- creating ------------------------------------------------------------------------------
+
+    async def create(
+        self, file_ids: list[int], request_id: str = "", priority: Priority = Priority.NORMAL
+    ) -> tuple[Fields, bool]:
+        """Creates a QUEUED job, or returns the one `request_id` already made (created=False)."""
+        job_id = str(uuid.uuid4())
+        created = now_ms()
+        retention_s = self.settings.job_ttl_s + self.settings.expired_retention_s
+        fields: Fields = {
+            F.ID: job_id,
+            F.STATE: State.QUEUED,
+            F.PHASE: Phase.QUEUED,
+            F.PERCENT: "0",
+            F.FILES_DONE: "0",
+            F.FILES_TOTAL: str(len(file_ids)),
+            F.BYTES_DONE: "0",
+            F.BYTES_TOTAL: "0",
+            F.MESSAGE: "waiting for a worker",
+            F.ATTEMPTS: "0",
+            F.CREATED_MS: str(created),
+            F.UPDATED_MS: str(created),
+            F.FILE_IDS: json.dumps(file_ids),
+            F.PRIORITY: priority,
+            F.REQUEST_ID: request_id,
+            F.SEQ: "1",
+        }
+        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.index]
+        if request_id:
+            keys.append(self.keys.idempotency(request_id))
+        args: list[Any] = [
+            job_id,
+            fingerprint(file_ids),
+            retention_s,
+            self.settings.event_history_len,
+            index_member(created, job_id),
+            f"{max(created - retention_s * 1000, 0):013d}",
+        ]
+        for name, value in fields.items():
+            args += [name, value]
+        outcome = await self._create(keys=keys, args=args)
+        if outcome[0] == "created":
+            return json.loads(outcome[1]) | {F.FILE_IDS: fields[F.FILE_IDS]}, True
+        if outcome[0] == "conflict":
+            raise IdempotencyConflict(request_id, outcome[1])
+        return await self.get(outcome[1], with_file_ids=True), False
+
+    async def discard(self, job_id: str, request_id: str = "") -> None:
+        """Removes a job that could not be enqueued, so a failed create leaves nothing behind."""
+        created_ms = await self.redis.hget(self.keys.job(job_id), F.CREATED_MS)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.job(job_id), self.keys.events(job_id))
+            if created_ms:
+                pipe.zrem(self.keys.index, index_member(int(created_ms), job_id))
+            if request_id:
+                pipe.delete(self.keys.idempotency(request_id))
+            await pipe.execute()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def get(self, job_id: str, with_file_ids: bool = True) -> Fields:
+        """The job record; an expired job reads as a stub in state EXPIRED."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.job(job_id))
+            pipe.exists(self.keys.tombstone(job_id))
+            record, gone = await pipe.execute()
+        if record:
+            if not with_file_ids:
+                record.pop(F.FILE_IDS, None)
+            record.pop(F.TOKEN, None)
+            return record
+        if gone:
+            return expired_stub(job_id)
+        raise JobNotFound(job_id)
+
+    async def file_ids(self, job_id: str) -> list[int]:
+        raw = await self.redis.hget(self.keys.job(job_id), F.FILE_IDS)
+        if raw is None:
+            raise JobNotFound(job_id)
+        return json.loads(raw)
+
+    async def latest_seq(self, job_id: str) -> int:
+        return int(await self.redis.hget(self.keys.job(job_id), F.SEQ) or 0)
+
+    async def events_after(self, job_id: str, after_seq: int) -> list[Fields] | None:
+        """The events after `after_seq`, oldest first, or None when part of that history is gone."""
+        latest = await self.latest_seq(job_id)
+        if after_seq > latest and latest:
+            raise HistoryAhead(after_seq, latest)
+        if after_seq >= latest:
+            return []
+        entries = await self.redis.xrange(self.keys.events(job_id), min=f"({after_seq}-0")
+        events = [json.loads(data["e"]) for _, data in entries]
+        if not events or int(events[0][F.SEQ]) != after_seq + 1:
+            return None
+        return events
+
+    async def list(self, page_size: int, page_token: str = "") -> tuple[list[Fields], str]:
+        """Jobs newest first. The page token is the index member of the last job returned."""
+        upper = f"({page_token}" if page_token else "+"
+        members = await self.redis.zrevrangebylex(self.keys.index, upper, "-", start=0, num=page_size)
+        if not members:
+            return [], ""
+        job_ids = [m.split(":", 1)[1] for m in members]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+                pipe.exists(self.keys.tombstone(job_id))
+            replies = await pipe.execute()
+        jobs: list[Fields] = []
+        forgotten: list[str] = []
+        for member, job_id, record, gone in zip(members, job_ids, replies[::2], replies[1::2]):
+            if record:
+                record.pop(F.FILE_IDS, None)
+                record.pop(F.TOKEN, None)
+                jobs.append(record)
+            elif gone:
+                jobs.append(expired_stub(job_id))
+            else:
+                forgotten.append(member)
+        if forgotten:
+            await self.redis.zrem(self.keys.index, *forgotten)
+        next_token = members[-1] if len(members) == page_size else ""
+        return jobs, next_token
+
+    # -- changing ------------------------------------------------------------------------------
+
+    async def claim(self, job_id: str, worker: str, token: str) -> Fields | None:
+        """A worker takes the job: RUNNING, a new attempt fenced by `token`. None if it is over."""
+        outcome = await self._apply(
+            job_id,
+            {F.STATE: State.RUNNING, F.PHASE: Phase.FETCHING, F.WORKER: worker, F.MESSAGE: "started"},
+            EventType.STATE_CHANGED,
+            claim_token=token,
+        )
+        if outcome[0] != "ok":
+            return None
+        return json.loads(outcome[2])
+
+    async def report(
+        self, job_id: str, token: str, fields: Mapping[str, Any], event: EventType = EventType.PROGRESS
+    ) -> int:
+        """Records progress (or a final state) of the run holding `token`; returns the event's seq.
+
+        Raises RunSuperseded when the run no longer owns the job, which tells it to stop.
+        """
+        outcome = await self._apply(job_id, fields, event, expect_token=token)
+        if outcome[0] == "ok":
+            return int(outcome[1])
+        reason = {"missing": "the job is gone", "fenced": "another worker took it over"}.get(
+            outcome[0], f"the job is {outcome[1] if len(outcome) > 1 else 'finished'}"
+        )
+        raise RunSuperseded(job_id, reason)
+
+    async def cancel(self, job_id: str) -> Fields:
+        """Cancels a live job (idempotent for a cancelled one) and tells the workers."""
+        outcome = await self._apply(
+            job_id, finish_fields(State.CANCELLED, self.settings, "cancelled on request"), EventType.STATE_CHANGED
+        )
+        if outcome[0] == "ok":
+            await self.redis.publish(self.keys.cancel_channel, job_id)
+            return json.loads(outcome[2])
+        if outcome[0] == "missing":
+            return await self.get(job_id, with_file_ids=False)  # raises NotFound, or reads EXPIRED
+        if outcome[1] == State.CANCELLED:
+            return await self.get(job_id, with_file_ids=False)
+        raise JobAlreadyFinished(job_id, outcome[1])
+
+    async def _apply(
+        self,
+        job_id: str,
+        fields: Mapping[str, Any],
+        event: EventType,
+        expect_token: str = "",
+        claim_token: str = "",
+    ) -> list[Any]:
+        s = self.settings
+        args: list[Any] = [
+            now_ms(),
+            s.event_history_len,
+            self.keys.events_channel,
+            event,
+            expect_token,
+            claim_token,
+            s.job_ttl_s,
+            s.job_ttl_s + s.expired_retention_s,
+            job_id,
+        ]
+        for name, value in fields.items():
+            args += [name, value]
+        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.tombstone(job_id)]
+        return await self._transition(keys=keys, args=args)
+
+
+def finish_fields(state: State, settings: Settings, message: str) -> dict[str, Any]:
+    """The fields every terminal transition writes."""
+    finished = now_ms()
+    return {
+        F.STATE: state,
+        F.PHASE: Phase.DONE,
+        F.MESSAGE: message,
+        F.FINISHED_MS: finished,
+        F.EXPIRE_MS: finished + settings.job_ttl_s * 1000,
+        F.ETA_MS: 0,
+    }
+
+
+def expired_stub(job_id: str) -> Fields:
+    return {F.ID: job_id, F.STATE: State.EXPIRED, F.PHASE: Phase.DONE, F.MESSAGE: "the job's retention has passed"}

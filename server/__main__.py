@@ -1,0 +1,32 @@
+"""`python -m server`: the gRPC API process, configured from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from jobs.logs import setup_logging
+from jobs.settings import Settings
+from server.app import LonghaulServer
+
+
+async def serve(settings: Settings) -> None:
+    server = LonghaulServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    logging.getLogger("server").info("stopping")
+    await server.stop()
+
+
+def main() -> None:
+    setup_logging("server")
+    asyncio.run(serve(Settings.from_env()))
+
+
+if __name__ == "__main__":
+    main()

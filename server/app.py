@@ -1,0 +1,103 @@
+"""The gRPC server process: wiring, start-up and the shutdown sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from jobs.connections import redis_client, s3_client_kwargs, s3_session
+from jobs.queue import JobQueue
+from jobs.settings import Settings
+from jobs.store import JobStore
+from longhaul.download.v1 import download_pb2_grpc as pb_grpc
+from server.convert import Presigner
+from server.health import HealthMonitor
+from server.servicer import SERVICE_NAME, DownloadServicer
+from server.watch import WatchHub
+
+log = logging.getLogger(__name__)
+
+# Envoy (and other proxies) keep upstream HTTP/2 connections alive with pings, also on connections
+# whose only stream is a quiet WatchProgress. grpc's defaults answer such pings with GOAWAY "too many
+# pings"; these accept them. The server's own pings find clients that vanished without a FIN.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_receive_message_length", 1024 * 1024),
+]
+
+
+class LonghaulServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._exit_stack = contextlib.AsyncExitStack()
+        self._server: grpc.aio.Server | None = None
+        self._hub: WatchHub | None = None
+        self._health: HealthMonitor | None = None
+        self._queue: JobQueue | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Connects, starts serving on settings.grpc_listen and returns the bound port."""
+        s = self.settings
+        redis = redis_client(s)
+        self._exit_stack.push_async_callback(redis.aclose)
+        s3 = await self._exit_stack.enter_async_context(s3_session().client("s3", **s3_client_kwargs(s)))
+        store = JobStore(redis, s)
+        self._queue = JobQueue(s)
+        self._hub = WatchHub(redis, store.keys)
+        self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME])
+
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        pb_grpc.add_DownloadServiceServicer_to_server(
+            DownloadServicer(s, store, self._queue, self._hub, Presigner(s), s3), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        )
+        self.port = server.add_insecure_port(s.grpc_listen)
+        if self.port == 0:
+            raise RuntimeError(f"could not listen on {s.grpc_listen}")
+        await self._hub.start()
+        await self._health.start()
+        await server.start()
+        self._server = server
+        log.info("serving gRPC on %s (port %d)", s.grpc_listen, self.port)
+        return self.port
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def stop(self) -> None:
+        """Safe to call twice; the second call waits for the first."""
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
+        # 1. Tell health checkers first, so proxies send new calls elsewhere.
+        if self._health is not None:
+            await self._health.stop()
+        # 2. Refuse new calls; unary calls in flight get the grace period to finish.
+        stopped = asyncio.create_task(self._server.stop(self.settings.shutdown_grace_s)) if self._server else None
+        # 3. End every watch with UNAVAILABLE and its last seq, so clients resume elsewhere.
+        if self._hub is not None:
+            await self._hub.close()
+        if stopped is not None:
+            await stopped
+        # 4. Close connections.
+        if self._queue is not None:
+            await self._queue.close()
+        await self._exit_stack.aclose()
+        log.info("server stopped")

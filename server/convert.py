@@ -1,0 +1,126 @@
+"""Stored job records (and events, which have the same fields) to the contract's messages.
+
+A completed job's download URL is presigned here, at every read, so it is always fresh. Presigning
+is a local HMAC computation: no request reaches S3.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+
+import botocore.session
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from jobs.connections import s3_client_kwargs
+from jobs.model import F
+from jobs.settings import Settings
+from longhaul.download.v1 import download_pb2 as pb
+
+_EVENT_TYPES = {
+    "SNAPSHOT": pb.EVENT_TYPE_SNAPSHOT,
+    "STATE_CHANGED": pb.EVENT_TYPE_STATE_CHANGED,
+    "PROGRESS": pb.EVENT_TYPE_PROGRESS,
+}
+_PRIORITIES = {"LOW": pb.PRIORITY_LOW, "NORMAL": pb.PRIORITY_NORMAL, "HIGH": pb.PRIORITY_HIGH}
+_TIMESTAMPS = (
+    ("create_time", F.CREATED_MS),
+    ("start_time", F.STARTED_MS),
+    ("update_time", F.UPDATED_MS),
+    ("finish_time", F.FINISHED_MS),
+    ("expire_time", F.EXPIRE_MS),
+)
+
+
+class Presigner:
+    """Signs GET URLs for artifacts, valid `presign_ttl_s`, for the public S3 endpoint."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._ttl_s = settings.presign_ttl_s
+        self._bucket = settings.artifact_bucket
+        kwargs = s3_client_kwargs(settings, endpoint=settings.presign_endpoint)
+        self._client = botocore.session.get_session().create_client("s3", **kwargs)
+
+    def url(self, key: str, file_name: str) -> tuple[str, int]:
+        """(URL, expiry in epoch ms)."""
+        expires_ms = int(time.time() * 1000) + self._ttl_s * 1000
+        url = self._client.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self._bucket,
+                "Key": key,
+                "ResponseContentDisposition": f'attachment; filename="{file_name}"',
+            },
+            ExpiresIn=self._ttl_s,
+        )
+        return url, expires_ms
+
+
+def _timestamp(ms: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+def to_job(fields: Mapping[str, str], presigner: Presigner) -> pb.Job:
+    job = pb.Job(
+        job_id=fields.get(F.ID, ""),
+        state=pb.JobState.Value("JOB_STATE_" + fields[F.STATE]),
+        phase=pb.JobPhase.Value("JOB_PHASE_" + fields.get(F.PHASE, "QUEUED")),
+        percent=float(fields.get(F.PERCENT, 0)),
+        files_done=int(fields.get(F.FILES_DONE, 0)),
+        files_total=int(fields.get(F.FILES_TOTAL, 0)),
+        bytes_done=int(fields.get(F.BYTES_DONE, 0)),
+        bytes_total=int(fields.get(F.BYTES_TOTAL, 0)),
+        message=fields.get(F.MESSAGE, ""),
+        attempts=int(fields.get(F.ATTEMPTS, 0)),
+        worker=fields.get(F.WORKER, ""),
+        priority=_PRIORITIES.get(fields.get(F.PRIORITY, ""), pb.PRIORITY_UNSPECIFIED),
+        request_id=fields.get(F.REQUEST_ID, ""),
+        seq=int(fields.get(F.SEQ, 0)),
+    )
+    for name, key in _TIMESTAMPS:
+        if fields.get(key):
+            getattr(job, name).CopyFrom(_timestamp(int(fields[key])))
+    if fields.get(F.ETA_MS) and fields[F.STATE] in ("QUEUED", "RUNNING"):
+        eta = Duration()
+        eta.FromMilliseconds(int(fields[F.ETA_MS]))
+        job.estimated_time_remaining.CopyFrom(eta)
+    if fields.get(F.FILE_IDS):
+        job.file_ids.extend(json.loads(fields[F.FILE_IDS]))
+    if fields.get(F.RESULT):
+        job.result.CopyFrom(_result(json.loads(fields[F.RESULT]), presigner))
+    if fields.get(F.ERROR):
+        error = json.loads(fields[F.ERROR])
+        job.error.CopyFrom(pb.JobError(code=error["code"], message=error["message"], retryable=error["retryable"]))
+    return job
+
+
+def _result(stored: dict, presigner: Presigner) -> pb.DownloadResult:
+    url, expires_ms = presigner.url(stored["key"], stored["file_name"])
+    files = [
+        pb.FileOutcome(
+            file_id=f["file_id"],
+            status=pb.FileStatus.Value("FILE_STATUS_" + f["status"]),
+            size_bytes=f["size_bytes"],
+            entry_name=f["entry_name"],
+        )
+        for f in stored["files"]
+    ]
+    included = sum(1 for f in files if f.status == pb.FILE_STATUS_INCLUDED)
+    return pb.DownloadResult(
+        download_url=url,
+        url_expire_time=_timestamp(expires_ms),
+        size_bytes=stored["size_bytes"],
+        sha256=stored["sha256"],
+        file_name=stored["file_name"],
+        files=files,
+        files_included=included,
+        files_missing=len(files) - included,
+    )
+
+
+def event_type(fields: Mapping[str, str]) -> int:
+    return _EVENT_TYPES[fields.get(F.EVENT, "PROGRESS")]

@@ -1,0 +1,98 @@
+"""The one place where failures become gRPC statuses.
+
+Handlers raise domain errors (jobs.errors), validation errors or let infrastructure errors escape;
+`grpc_errors` turns each into a status with a message a person can act on, and for invalid
+arguments a google.rpc.BadRequest detail naming every bad field.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from botocore.exceptions import BotoCoreError, ClientError
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from redis.exceptions import RedisError
+
+from jobs.errors import HistoryAhead, IdempotencyConflict, JobAlreadyFinished, JobNotFound
+from server.validation import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+
+class ServiceUnavailable(Exception):
+    """A dependency failed in a way a retry may fix."""
+
+
+class ServerShuttingDown(Exception):
+    def __init__(self, last_seq: int) -> None:
+        super().__init__(f"this server is shutting down; reconnect and resume with after_seq={last_seq}")
+
+
+_DOMAIN_CODES: dict[type[Exception], grpc.StatusCode] = {
+    JobNotFound: grpc.StatusCode.NOT_FOUND,
+    IdempotencyConflict: grpc.StatusCode.ALREADY_EXISTS,
+    JobAlreadyFinished: grpc.StatusCode.FAILED_PRECONDITION,
+    HistoryAhead: grpc.StatusCode.OUT_OF_RANGE,
+    ServiceUnavailable: grpc.StatusCode.UNAVAILABLE,
+    ServerShuttingDown: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(error: Exception) -> tuple[grpc.StatusCode, str, list[Any]]:
+    """(code, message, rich details) for an exception raised by a handler."""
+    if isinstance(error, InvalidRequest):
+        detail = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in error.violations
+            ]
+        )
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error), [detail]
+    for kind, code in _DOMAIN_CODES.items():
+        if isinstance(error, kind):
+            return code, str(error), []
+    if isinstance(error, RedisError):
+        return grpc.StatusCode.UNAVAILABLE, "the job store (Redis) is unreachable; retry shortly", []
+    if isinstance(error, (BotoCoreError, ClientError)):
+        return grpc.StatusCode.UNAVAILABLE, "object storage (S3) is unreachable; retry shortly", []
+    log.exception("unexpected error in a handler", exc_info=error)
+    return grpc.StatusCode.INTERNAL, "internal error; it was logged", []
+
+
+async def abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    code, message, details = status_for(error)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
+
+
+def grpc_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Wraps a unary or server-streaming handler so every failure leaves as a proper status."""
+    if inspect.isasyncgenfunction(handler):
+
+        @functools.wraps(handler)
+        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for message in handler(self, request, context):
+                    yield message
+            except Exception as error:  # noqa: BLE001 - every error is mapped in status_for
+                await abort(context, error)
+
+        return stream
+
+    @functools.wraps(handler)
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except Exception as error:  # noqa: BLE001 - every error is mapped in status_for
+            await abort(context, error)
+
+    return unary

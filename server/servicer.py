@@ -1,0 +1,98 @@
+"""DownloadService: each RPC validates its request, calls the job store, and converts the answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from jobs.model import F, State
+from jobs.queue import JobQueue
+from jobs.settings import Settings
+from jobs.storage import head_source, source_key
+from jobs.store import JobStore
+from longhaul.download.v1 import download_pb2 as pb
+from longhaul.download.v1 import download_pb2_grpc as pb_grpc
+from server import validation
+from server.convert import Presigner, event_type, to_job
+from server.errors import ServiceUnavailable, grpc_errors
+from server.watch import WatchHub, follow
+
+log = logging.getLogger(__name__)
+
+
+class DownloadServicer(pb_grpc.DownloadServiceServicer):
+    def __init__(
+        self, settings: Settings, store: JobStore, queue: JobQueue, hub: WatchHub, presigner: Presigner, s3: Any
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._queue = queue
+        self._hub = hub
+        self._presigner = presigner
+        self._s3 = s3
+
+    @grpc_errors
+    async def InitiateDownload(self, request: pb.InitiateDownloadRequest, context: Any) -> pb.InitiateDownloadResponse:
+        file_ids, request_id, priority = validation.initiate(request)
+        fields, created = await self._store.create(file_ids, request_id, priority)
+        # A repeated request re-enqueues a job that is still queued: a no-op when the queue has it,
+        # and the repair when the first attempt lost its enqueue.
+        if created or fields[F.STATE] == State.QUEUED:
+            try:
+                await self._queue.enqueue(fields[F.ID], priority)
+            except Exception as error:
+                if created:
+                    await self._store.discard(fields[F.ID], request_id)
+                raise ServiceUnavailable("the work queue is unreachable; nothing was created, try again") from error
+        return pb.InitiateDownloadResponse(job=to_job(fields, self._presigner))
+
+    @grpc_errors
+    async def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> pb.GetStatusResponse:
+        fields = await self._store.get(validation.job_id(request.job_id))
+        return pb.GetStatusResponse(job=to_job(fields, self._presigner))
+
+    @grpc_errors
+    async def WatchProgress(self, request: pb.WatchProgressRequest, context: Any) -> Any:
+        job_id = validation.job_id(request.job_id)
+        after_seq = validation.after_seq(request.after_seq)
+        async for update in follow(self._store, self._hub, job_id, after_seq, self._settings.heartbeat_s):
+            message = pb.WatchProgressResponse(seq=update.seq)
+            if update.fields is None:
+                message.type = pb.EVENT_TYPE_HEARTBEAT
+                message.event_time.FromMilliseconds(int(time.time() * 1000))
+            else:
+                message.type = pb.EVENT_TYPE_SNAPSHOT if update.type == "SNAPSHOT" else event_type(update.fields)
+                message.job.CopyFrom(to_job(update.fields, self._presigner))
+                message.event_time.CopyFrom(message.job.update_time)
+            yield message
+
+    @grpc_errors
+    async def CancelDownload(self, request: pb.CancelDownloadRequest, context: Any) -> pb.CancelDownloadResponse:
+        fields = await self._store.cancel(validation.job_id(request.job_id))
+        return pb.CancelDownloadResponse(job=to_job(fields, self._presigner))
+
+    @grpc_errors
+    async def ListDownloads(self, request: pb.ListDownloadsRequest, context: Any) -> pb.ListDownloadsResponse:
+        page_size, page_token = validation.page(request)
+        jobs, next_token = await self._store.list(page_size, page_token)
+        return pb.ListDownloadsResponse(
+            jobs=[to_job(fields, self._presigner) for fields in jobs], next_page_token=next_token
+        )
+
+    @grpc_errors
+    async def CheckAvailability(
+        self, request: pb.CheckAvailabilityRequest, context: Any
+    ) -> pb.CheckAvailabilityResponse:
+        file_id = validation.file_id(request.file_id)
+        source = await head_source(self._s3, self._settings, file_id)
+        return pb.CheckAvailabilityResponse(
+            file_id=file_id,
+            available=source is not None,
+            object_key=source_key(self._settings, file_id),
+            size_bytes=source.size if source else 0,
+        )
+
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DownloadService"].full_name
+

@@ -1,0 +1,100 @@
+"""Request validation. Every rule names the field it is about, so a caller knows what to fix."""
+
+from __future__ import annotations
+
+import re
+
+from jobs.model import MAX_FILE_ID, MAX_FILES_PER_JOB, MAX_REQUEST_ID_LEN, MIN_FILE_ID, Priority
+from longhaul.download.v1 import download_pb2 as pb
+
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
+_PAGE_TOKEN = re.compile(r"\d{13}:" + _JOB_ID.pattern)
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+_PRIORITIES = {
+    pb.PRIORITY_UNSPECIFIED: Priority.NORMAL,
+    pb.PRIORITY_LOW: Priority.LOW,
+    pb.PRIORITY_NORMAL: Priority.NORMAL,
+    pb.PRIORITY_HIGH: Priority.HIGH,
+}
+
+
+class InvalidRequest(Exception):
+    """One or more fields are wrong; `violations` is a list of (field, description)."""
+
+    def __init__(self, violations: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{f}: {d}" for f, d in violations))
+        self.violations = violations
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def initiate(request: pb.InitiateDownloadRequest) -> tuple[list[int], str, Priority]:
+    violations: list[tuple[str, str]] = []
+    file_ids = list(request.file_ids)
+    if not file_ids:
+        violations.append(("file_ids", "give at least one file id"))
+    elif len(file_ids) > MAX_FILES_PER_JOB:
+        violations.append(("file_ids", f"at most {MAX_FILES_PER_JOB} file ids per download, got {len(file_ids)}"))
+    else:
+        seen: set[int] = set()
+        for index, file_id in enumerate(file_ids):
+            if not MIN_FILE_ID <= file_id <= MAX_FILE_ID:
+                violations.append(
+                    (f"file_ids[{index}]", f"{file_id} is out of range: file ids go from {MIN_FILE_ID} to {MAX_FILE_ID}")
+                )
+            elif file_id in seen:
+                violations.append((f"file_ids[{index}]", f"{file_id} is listed twice; list each file once"))
+            seen.add(file_id)
+            if len(violations) >= 10:
+                break
+    request_id = request.request_id
+    if request_id and (len(request_id) > MAX_REQUEST_ID_LEN or not _REQUEST_ID.fullmatch(request_id)):
+        violations.append(
+            (
+                "request_id",
+                f"use up to {MAX_REQUEST_ID_LEN} letters, digits and . _ : - (a UUID is ideal), "
+                f"got {_shown(request_id)}",
+            )
+        )
+    priority = _PRIORITIES.get(request.priority)
+    if priority is None:
+        violations.append(("priority", f"unknown priority {request.priority}"))
+    if violations:
+        raise InvalidRequest(violations)
+    assert priority is not None
+    return file_ids, request_id, priority
+
+
+def job_id(value: str, field: str = "job_id") -> str:
+    if not _JOB_ID.fullmatch(value):
+        what = "is required" if not value else f"must be a job id as returned by InitiateDownload, got {_shown(value)}"
+        raise InvalidRequest([(field, what)])
+    return value
+
+
+def after_seq(value: int) -> int:
+    if value < 0:
+        raise InvalidRequest([("after_seq", f"must be 0 or the last seq received, got {value}")])
+    return value
+
+
+def file_id(value: int, field: str = "file_id") -> int:
+    if not MIN_FILE_ID <= value <= MAX_FILE_ID:
+        raise InvalidRequest([(field, f"{value} is out of range: file ids go from {MIN_FILE_ID} to {MAX_FILE_ID}")])
+    return value
+
+
+def page(request: pb.ListDownloadsRequest) -> tuple[int, str]:
+    violations: list[tuple[str, str]] = []
+    if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+        violations.append(("page_size", f"must be from 1 to {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"))
+    if request.page_token and not _PAGE_TOKEN.fullmatch(request.page_token):
+        violations.append(("page_token", "pass the next_page_token of a previous response unchanged"))
+    if violations:
+        raise InvalidRequest(violations)
+    return request.page_size or DEFAULT_PAGE_SIZE, request.page_token
