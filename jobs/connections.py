@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import aioboto3
+import botocore.session
 from botocore.config import Config
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -40,8 +42,16 @@ def bullmq_connection(settings: Settings) -> dict[str, Any]:
     return options
 
 
+@functools.cache
 def s3_session() -> aioboto3.Session:
+    """One per process: each new session reloads botocore's service models (~0.2 s)."""
     return aioboto3.Session()
+
+
+@functools.cache
+def botocore_session() -> botocore.session.Session:
+    """For local-only work such as presigning, where an async client buys nothing."""
+    return botocore.session.get_session()
 
 
 def s3_client_kwargs(settings: Settings, endpoint: str | None = None) -> dict[str, Any]:

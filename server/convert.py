@@ -10,11 +10,10 @@ import json
 import time
 from collections.abc import Mapping
 
-import botocore.session
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from jobs.connections import s3_client_kwargs
+from jobs.connections import botocore_session, s3_client_kwargs
 from jobs.model import F
 from jobs.settings import Settings
 from longhaul.download.v1 import download_pb2 as pb
@@ -41,7 +40,7 @@ class Presigner:
         self._ttl_s = settings.presign_ttl_s
         self._bucket = settings.artifact_bucket
         kwargs = s3_client_kwargs(settings, endpoint=settings.presign_endpoint)
-        self._client = botocore.session.get_session().create_client("s3", **kwargs)
+        self._client = botocore_session().create_client("s3", **kwargs)
 
     def url(self, key: str, file_name: str) -> tuple[str, int]:
         """(URL, expiry in epoch ms)."""

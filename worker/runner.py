@@ -64,6 +64,11 @@ class WorkerRunner:
             closing = asyncio.create_task(self._worker.close())
             deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
             while not closing.done():
+                # close() cancels the idle blocking read in flight when it starts; one that begins
+                # just after would block for bullmq's drainDelay (5 s), so cancel that one too.
+                waiting = self._worker.waiting
+                if waiting is not None and not waiting.done():
+                    waiting.cancel()
                 if asyncio.get_running_loop().time() >= deadline and self._running:
                     log.warning("%d jobs still running after the grace period; stopping them", len(self._running))
                     for task in self._running.values():

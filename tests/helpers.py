@@ -1,0 +1,60 @@
+"""Small helpers the tests share: watching a job to its end, fetching and checking an archive."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import urllib.request
+import zipfile
+
+import grpc
+
+from devstack.seed import seed_content
+from longhaul.download.v1 import download_pb2 as pb
+from longhaul.download.v1 import download_pb2_grpc as pb_grpc
+
+TERMINAL = {pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED, pb.JOB_STATE_EXPIRED}
+
+
+async def initiate(stub: pb_grpc.DownloadServiceStub, file_ids: list[int], **fields: object) -> pb.Job:
+    reply = await stub.InitiateDownload(pb.InitiateDownloadRequest(file_ids=file_ids, **fields))
+    return reply.job
+
+
+async def watch_all(
+    stub: pb_grpc.DownloadServiceStub, job_id: str, after_seq: int = 0, timeout_s: float = 30
+) -> list[pb.WatchProgressResponse]:
+    """Every message of one WatchProgress call, until the server ends the stream."""
+    call = stub.WatchProgress(pb.WatchProgressRequest(job_id=job_id, after_seq=after_seq), timeout=timeout_s)
+    return [message async for message in call]
+
+
+async def wait_done(stub: pb_grpc.DownloadServiceStub, job_id: str, timeout_s: float = 30) -> pb.Job:
+    messages = await watch_all(stub, job_id, timeout_s=timeout_s)
+    job = messages[-1].job
+    assert job.state in TERMINAL, messages[-1]
+    return job
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        return reply.read()
+
+
+def check_archive(job: pb.Job, expected_ids: list[int]) -> zipfile.ZipFile:
+    """Downloads the result and checks it holds exactly `expected_ids`, byte for byte, with the
+    promised size and SHA-256."""
+    assert job.state == pb.JOB_STATE_COMPLETED, job
+    data = fetch(job.result.download_url)
+    assert len(data) == job.result.size_bytes
+    assert hashlib.sha256(data).hexdigest() == job.result.sha256
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    assert archive.testzip() is None
+    assert sorted(archive.namelist()) == sorted(f"{i}.zip" for i in expected_ids)
+    for file_id in expected_ids:
+        assert archive.read(f"{file_id}.zip") == seed_content(file_id)
+    return archive
+
+
+def status_of(error: grpc.aio.AioRpcError) -> grpc.StatusCode:
+    return error.code()
