@@ -57,7 +57,8 @@ class MultipartSink:
     async def drain(self) -> None:
         """Ships every full part; waits only when `max_in_flight` parts are already uploading."""
         while len(self._buffer) >= self._part_size:
-            part = bytes(self._buffer[: self._part_size])
+            with memoryview(self._buffer) as view:
+                part = bytes(view[: self._part_size])  # one copy; a bytearray slice would add another
             del self._buffer[: self._part_size]
             await self._ship(part)
 
