@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 GENERATED := gen/.generated
 PROTOS := $(shell find protos -name '*.proto')
+VENDORED_PROTOS := $(shell find third_party -name '*.proto')
 
 .PHONY: install run test lint proto clean
 
@@ -25,11 +26,13 @@ $(INSTALLED): $(VENV)/.system requirements.txt requirements-dev.txt pyproject.to
 	@touch $@
 
 # The descriptor set (gen/longhaul.pb) is what Envoy's REST transcoder reads.
-$(GENERATED): $(INSTALLED) $(PROTOS)
+$(GENERATED): $(INSTALLED) $(PROTOS) $(VENDORED_PROTOS) Makefile
 	rm -rf gen && mkdir -p gen
 	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/googleapis \
-		--python_out=gen --grpc_python_out=gen --pyi_out=gen \
-		--include_imports --descriptor_set_out=gen/longhaul.pb $(PROTOS)
+		--python_out=gen --grpc_python_out=gen --pyi_out=gen $(PROTOS)
+	# The transcoder prints error details (google.rpc.BadRequest) as JSON only if it knows their type.
+	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/googleapis \
+		--include_imports --descriptor_set_out=gen/longhaul.pb $(PROTOS) google/rpc/error_details.proto
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 

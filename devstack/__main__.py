@@ -47,11 +47,12 @@ class Stack:
         server = python_process("server", "server", env, self.log_dir)
         self.started.append(server)
         grpc_port = int(self.settings.grpc_listen.rsplit(":", 1)[1])
+        http_port = int(self.settings.http_listen.rsplit(":", 1)[1])
         server.wait_until(lambda: port_open(grpc_port), 30, "serving gRPC")
         for index in range(self.workers):
             worker_env = dict(env, WORKER_NAME=f"worker-{index + 1}@{os.uname().nodename}")
             self.started.append(python_process(f"worker-{index + 1}", "worker", worker_env, self.log_dir))
-        config = envoy_config(self.envoy_port, self.envoy_admin_port, [grpc_port])
+        config = envoy_config(self.envoy_port, self.envoy_admin_port, [(grpc_port, http_port)])
         self.started.append(start_envoy(config, self.data_dir / "envoy", self.log_dir))
 
     def _redis(self) -> None:

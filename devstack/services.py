@@ -90,22 +90,25 @@ def _s3_answers(port: int) -> bool:
 
 
 def envoy_config(
-    listen_port: int, admin_port: int, grpc_ports: list[int], source: Path = ROOT / "envoy.yaml"
+    listen_port: int, admin_port: int, servers: list[tuple[int, int]], source: Path = ROOT / "envoy.yaml"
 ) -> dict:
-    """envoy.yaml with its ports replaced, so tests run the very configuration users run."""
+    """envoy.yaml with its ports replaced, so tests run the very configuration users run.
+
+    `servers` lists each server's (gRPC port, HTTP port).
+    """
     config = yaml.safe_load(source.read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["port_value"] = listen_port
+    upstream_ports = {"longhaul_grpc": [g for g, _ in servers], "longhaul_http": [h for _, h in servers]}
     for cluster in config["static_resources"]["clusters"]:
-        if cluster["name"] == "longhaul_grpc":
-            endpoint = cluster["load_assignment"]["endpoints"][0]
-            template = endpoint["lb_endpoints"][0]
-            endpoint["lb_endpoints"] = []
-            for port in grpc_ports:
-                entry = yaml.safe_load(yaml.safe_dump(template))
-                entry["endpoint"]["address"]["socket_address"]["port_value"] = port
-                endpoint["lb_endpoints"].append(entry)
+        endpoint = cluster["load_assignment"]["endpoints"][0]
+        template = endpoint["lb_endpoints"][0]
+        endpoint["lb_endpoints"] = []
+        for port in upstream_ports[cluster["name"]]:
+            entry = yaml.safe_load(yaml.safe_dump(template))
+            entry["endpoint"]["address"]["socket_address"]["port_value"] = port
+            endpoint["lb_endpoints"].append(entry)
     return config
 
 
@@ -119,7 +122,8 @@ def start_envoy(config: Mapping, work_dir: Path, log_dir: Path, name: str = "env
         "--use-dynamic-base-id",  # several Envoys on one machine need distinct shared-memory ids
         "--log-level", "warn",
     ]
-    proc = ManagedProcess(name, argv, log_dir / f"{name}-{listen_port}.log").start()
+    # cwd: envoy.yaml names the descriptor set relative to the repository root.
+    proc = ManagedProcess(name, argv, log_dir / f"{name}-{listen_port}.log", cwd=ROOT).start()
     proc.wait_until(lambda: port_open(listen_port), 30, "listening")
     return proc
 

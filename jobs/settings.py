@@ -43,6 +43,8 @@ class Settings:
 
     # Server.
     grpc_listen: str = "127.0.0.1:50051"
+    # Plain HTTP for /health and the /file redirect, behind Envoy.
+    http_listen: str = "127.0.0.1:50052"
     heartbeat_s: float = 15.0
     health_check_interval_s: float = 5.0
     shutdown_grace_s: float = 5.0
@@ -112,6 +114,7 @@ ENV_VARS: dict[str, str] = {
     "EXPIRED_RETENTION_S": "expired_retention_s",
     "EVENT_HISTORY_LEN": "event_history_len",
     "GRPC_LISTEN": "grpc_listen",
+    "HTTP_LISTEN": "http_listen",
     "HEARTBEAT_INTERVAL_S": "heartbeat_s",
     "HEALTH_CHECK_INTERVAL_S": "health_check_interval_s",
     "SHUTDOWN_GRACE_S": "shutdown_grace_s",

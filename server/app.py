@@ -17,6 +17,7 @@ from jobs.store import JobStore
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server.convert import Presigner
 from server.health import HealthMonitor
+from server.http import HttpSide
 from server.servicer import SERVICE_NAME, DownloadServicer
 from server.watch import WatchHub
 
@@ -39,6 +40,8 @@ class LonghaulServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.port = 0
+        self.http_port = 0
+        self._http: HttpSide | None = None
         self._exit_stack = contextlib.AsyncExitStack()
         self._server: grpc.aio.Server | None = None
         self._hub: WatchHub | None = None
@@ -56,10 +59,12 @@ class LonghaulServer:
         self._queue = JobQueue(s)
         self._hub = WatchHub(redis, store.keys)
         self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME])
+        presigner = Presigner(s)
+        self._http = HttpSide(store, presigner, self._health)
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
         pb_grpc.add_DownloadServiceServicer_to_server(
-            DownloadServicer(s, store, self._queue, self._hub, Presigner(s), s3), server
+            DownloadServicer(s, store, self._queue, self._hub, presigner, s3), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         reflection.enable_server_reflection(
@@ -70,9 +75,10 @@ class LonghaulServer:
             raise RuntimeError(f"could not listen on {s.grpc_listen}")
         await self._hub.start()
         await self._health.start()
+        self.http_port = await self._http.start(s.http_listen)
         await server.start()
         self._server = server
-        log.info("serving gRPC on %s (port %d)", s.grpc_listen, self.port)
+        log.info("serving gRPC on %s (port %d), HTTP on port %d", s.grpc_listen, self.port, self.http_port)
         return self.port
 
     async def wait(self) -> None:
@@ -96,6 +102,8 @@ class LonghaulServer:
             await self._hub.close()
         if stopped is not None:
             await stopped
+        if self._http is not None:
+            await self._http.stop()
         # 4. Close connections.
         if self._queue is not None:
             await self._queue.close()

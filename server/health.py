@@ -20,6 +20,7 @@ class HealthMonitor:
     def __init__(self, settings: Settings, redis: Redis, s3: Any, services: list[str]) -> None:
         self.servicer = health.aio.HealthServicer()
         self.checks: dict[str, str] = {}
+        self.healthy = False
         self._settings = settings
         self._redis = redis
         self._s3 = s3
@@ -32,6 +33,7 @@ class HealthMonitor:
 
     async def stop(self) -> None:
         """Reports NOT_SERVING (so load balancers move away at once) and stops checking."""
+        self.healthy = False
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -43,7 +45,7 @@ class HealthMonitor:
         self.checks = {
             name: "ok" if result is True else f"error: {result}" for name, result in zip(("redis", "storage"), results)
         }
-        healthy = all(result is True for result in results)
+        healthy = self.healthy = all(result is True for result in results)
         status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in self._services:
             await self.servicer.set(service, status)

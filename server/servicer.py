@@ -15,7 +15,7 @@ from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server import validation
 from server.convert import Presigner, event_type, to_job
-from server.errors import ServiceUnavailable, grpc_errors
+from server.errors import ServiceUnavailable, grpc_errors, status_for
 from server.watch import WatchHub, follow
 
 log = logging.getLogger(__name__)
@@ -56,16 +56,29 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
     async def WatchProgress(self, request: pb.WatchProgressRequest, context: Any) -> Any:
         job_id = validation.job_id(request.job_id)
         after_seq = validation.after_seq(request.after_seq)
-        async for update in follow(self._store, self._hub, job_id, after_seq, self._settings.heartbeat_s):
-            message = pb.WatchProgressResponse(seq=update.seq)
-            if update.fields is None:
-                message.type = pb.EVENT_TYPE_HEARTBEAT
+        started = False
+        try:
+            async for update in follow(self._store, self._hub, job_id, after_seq, self._settings.heartbeat_s):
+                message = pb.WatchProgressResponse(seq=update.seq)
+                if update.fields is None:
+                    message.type = pb.EVENT_TYPE_HEARTBEAT
+                    message.event_time.FromMilliseconds(int(time.time() * 1000))
+                else:
+                    message.type = pb.EVENT_TYPE_SNAPSHOT if update.type == "SNAPSHOT" else event_type(update.fields)
+                    message.job.CopyFrom(to_job(update.fields, self._presigner))
+                    message.event_time.CopyFrom(message.job.update_time)
+                started = True
+                yield message
+        except Exception as error:
+            # Once events have flowed, a REST/SSE client cannot see the status that ends the call:
+            # tell it in the stream first. (Before that, the status alone maps to the HTTP code.)
+            if started:
+                code, text, _ = status_for(error)
+                message = pb.WatchProgressResponse(type=pb.EVENT_TYPE_ERROR)
+                message.error.code, message.error.message = code.value[0], text
                 message.event_time.FromMilliseconds(int(time.time() * 1000))
-            else:
-                message.type = pb.EVENT_TYPE_SNAPSHOT if update.type == "SNAPSHOT" else event_type(update.fields)
-                message.job.CopyFrom(to_job(update.fields, self._presigner))
-                message.event_time.CopyFrom(message.job.update_time)
-            yield message
+                yield message
+            raise
 
     @grpc_errors
     async def CancelDownload(self, request: pb.CancelDownloadRequest, context: Any) -> pb.CancelDownloadResponse:

@@ -89,7 +89,7 @@ class Stack:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.server = LonghaulServer(settings.replace(grpc_listen="127.0.0.1:0"))
+        self.server = LonghaulServer(settings.replace(grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0"))
         self.workers: list[WorkerRunner] = []
         self.channel: grpc.aio.Channel | None = None
         self.stub: pb_grpc.DownloadServiceStub | None = None

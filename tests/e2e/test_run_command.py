@@ -51,6 +51,7 @@ def running_stack(tmp_path_factory):
     reserved: set[int] = set()
     ports = {
         "grpc": free_port(reserved),
+        "http": free_port(reserved),
         "envoy": free_port(reserved),
         "admin": free_port(reserved),
         "redis": free_port(reserved),
@@ -59,6 +60,7 @@ def running_stack(tmp_path_factory):
     env = dict(
         os.environ,
         GRPC_LISTEN=f"127.0.0.1:{ports['grpc']}",
+        HTTP_LISTEN=f"127.0.0.1:{ports['http']}",
         ENVOY_PORT=str(ports["envoy"]),
         ENVOY_ADMIN_PORT=str(ports["admin"]),
         REDIS_URL=f"redis://127.0.0.1:{ports['redis']}/0",

@@ -1,0 +1,77 @@
+"""The server's small plain-HTTP side, for what REST transcoding cannot express:
+
+    GET /health                      200 {"status": "healthy", "checks": {...}} or 503 "unhealthy"
+    GET /v1/download/{job_id}/file   302 to a fresh presigned URL once COMPLETED, 409 with the state before
+
+Envoy routes these two paths here; everything else is gRPC (native, grpc-web, or transcoded REST).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from jobs.errors import JobNotFound
+from jobs.model import F, State
+from jobs.store import JobStore
+from server import validation
+from server.convert import Presigner
+from server.health import HealthMonitor
+from server.validation import InvalidRequest
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+class HttpSide:
+    def __init__(self, store: JobStore, presigner: Presigner, health: HealthMonitor) -> None:
+        self._store = store
+        self._presigner = presigner
+        self._health = health
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, listen: str) -> int:
+        app = web.Application()
+        app.router.add_get("/health", self._health_check)
+        app.router.add_get("/v1/download/{job_id}/file", self._file)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, port = listen.rsplit(":", 1)
+        site = web.TCPSite(self._runner, host, int(port))
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _health_check(self, request: web.Request) -> web.Response:
+        healthy = self._health.healthy
+        return _json(200 if healthy else 503, {"status": "healthy" if healthy else "unhealthy", "checks": self._health.checks})
+
+    async def _file(self, request: web.Request) -> web.Response:
+        try:
+            job_id = validation.job_id(request.match_info["job_id"])
+            job = await self._store.get(job_id, with_file_ids=False)
+        except InvalidRequest as error:
+            return _json(400, {"code": 3, "message": str(error)})
+        except JobNotFound as error:
+            return _json(404, {"code": 5, "message": str(error)})
+        if job[F.STATE] != State.COMPLETED:
+            return _json(
+                409,
+                {
+                    "code": 9,
+                    "message": f"job {job_id} is {job[F.STATE]}, not COMPLETED; there is no file yet",
+                    "state": job[F.STATE],
+                    "percent": float(job.get(F.PERCENT, 0)),
+                },
+            )
+        result = json.loads(job[F.RESULT])
+        url, _ = self._presigner.url(result["key"], result["file_name"])
+        raise web.HTTPFound(url)
