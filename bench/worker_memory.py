@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from devstack.services import python_process, start_redis, start_seaweedfs
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
 from jobs.model import F, Priority, State
 from jobs.queue import JobQueue
-from jobs.settings import ENV_VARS, Settings
+from jobs.settings import Settings
 from jobs.store import JobStore
 
 CHUNK = 8 * 1024 * 1024
@@ -52,8 +53,7 @@ def peak_rss_kb(pid: int) -> int:
 
 async def run_job(settings: Settings, file_ids: list[int], log_dir: Path) -> tuple[int, float, int]:
     """(peak RSS kB of a fresh worker that ran the job, seconds, archive bytes)."""
-    env = {var: str(getattr(settings, name)) for var, name in ENV_VARS.items()}
-    worker = python_process("bench-worker", "worker", env, log_dir)
+    worker = python_process("bench-worker", "worker", settings.to_env(), log_dir)
     redis = redis_client(settings)
     store, queue = JobStore(redis, settings), JobQueue(settings)
     try:
@@ -65,8 +65,6 @@ async def run_job(settings: Settings, file_ids: list[int], log_dir: Path) -> tup
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
         assert record[F.STATE] == State.COMPLETED, record
-        import json
-
         size = json.loads(record[F.RESULT])["size_bytes"]
         return peak_rss_kb(worker.pid), elapsed, size
     finally:

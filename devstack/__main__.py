@@ -23,7 +23,7 @@ from devstack.seed import SEED_FILE_IDS, seed_sources
 from devstack.services import ROOT, envoy_config, python_process, start_envoy, start_redis, start_seaweedfs
 from jobs.connections import s3_client_kwargs, s3_session
 from jobs.logs import setup_logging
-from jobs.settings import ENV_VARS, Settings
+from jobs.settings import Settings
 
 log = logging.getLogger("devstack")
 
@@ -43,12 +43,12 @@ class Stack:
         self._redis()
         self._s3()
         asyncio.run(self._prepare_buckets())
-        env = self._service_env()
+        env = self.settings.to_env()
         server = python_process("server", "server", env, self.log_dir)
         self.started.append(server)
         grpc_port = int(self.settings.grpc_listen.rsplit(":", 1)[1])
         http_port = int(self.settings.http_listen.rsplit(":", 1)[1])
-        server.wait_until(lambda: port_open(grpc_port), 30, "serving gRPC")
+        server.wait_until(lambda: port_open(grpc_port) and port_open(http_port), 30, "serving")
         for index in range(self.workers):
             worker_env = dict(env, WORKER_NAME=f"worker-{index + 1}@{os.uname().nodename}")
             self.started.append(python_process(f"worker-{index + 1}", "worker", worker_env, self.log_dir))
@@ -100,10 +100,6 @@ class Stack:
             f"Source files {len(SEED_FILE_IDS)} in s3://{s.source_bucket}/{s.source_prefix} "
             f"(ids {SEED_FILE_IDS[0]}, {SEED_FILE_IDS[1]}, ... {SEED_FILE_IDS[-1]}; {written} written now)"
         )
-
-    def _service_env(self) -> dict[str, str]:
-        """The settings as environment variables, so server and workers agree with this stack."""
-        return {var: str(getattr(self.settings, name)) for var, name in ENV_VARS.items()}
 
     def banner(self) -> str:
         grpc = self.settings.grpc_listen

@@ -69,6 +69,10 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that make `from_env` rebuild these settings (for child processes)."""
+        return {var: str(getattr(self, name)) for var, name in ENV_VARS.items()}
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Builds settings from environment variables (see ENV_VARS); unset ones keep defaults."""

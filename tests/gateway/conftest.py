@@ -1,0 +1,90 @@
+"""A real Envoy (the repository's envoy.yaml, ports changed) in front of a server and a worker running
+as their own processes, on the session's Redis and SeaweedFS."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from devstack.processes import ManagedProcess, free_port, port_open
+from devstack.services import envoy_config, python_process, start_envoy
+from jobs.settings import Settings
+
+# Jobs long enough to watch, heartbeats frequent enough to test idle timeouts in a second.
+GATEWAY_SETTINGS = {"delay_min_ms": 2_000, "delay_max_ms": 2_000, "heartbeat_s": 0.3, "health_check_interval_s": 0.5}
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    port: int  # Envoy's public listener
+    server: ManagedProcess
+    worker: ManagedProcess
+    envoy: ManagedProcess
+    grpc_port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def wait_healthy(port: int, timeout_s: float = 15) -> None:
+    """Until Envoy's health checks have put the server in rotation."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/download/jobs", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("the server never became healthy behind Envoy")
+
+
+def start_gateway(
+    base: Settings, work_dir: Path, envoy_changes=None, wait: bool = True, **changes: object  # noqa: ANN001
+) -> Gateway:
+    reserved: set[int] = set()
+    grpc_port, http_port, envoy_port, admin_port = (free_port(reserved) for _ in range(4))
+    settings = base.replace(
+        redis_prefix=f"gw-{uuid.uuid4().hex[:10]}",
+        grpc_listen=f"127.0.0.1:{grpc_port}",
+        http_listen=f"127.0.0.1:{http_port}",
+        **{**GATEWAY_SETTINGS, **changes},
+    )
+    logs = work_dir / "logs"
+    tag = settings.redis_prefix
+    server = python_process(f"server-{tag}", "server", settings.to_env(), logs)
+    server.wait_until(lambda: port_open(grpc_port) and port_open(http_port), 30, "serving")
+    worker = python_process(f"worker-{tag}", "worker", settings.to_env(), logs)
+    config = envoy_config(envoy_port, admin_port, [(grpc_port, http_port)])
+    if envoy_changes:
+        envoy_changes(config)
+    envoy = start_envoy(config, work_dir / "envoy", logs, name=f"envoy-{tag}")
+    if wait:
+        wait_healthy(envoy_port)
+    return Gateway(settings, envoy_port, server, worker, envoy, grpc_port)
+
+
+def stop_gateway(gateway: Gateway) -> None:
+    for proc in (gateway.envoy, gateway.worker, gateway.server):
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(base_settings: Settings, work_dir: Path):
+    started = start_gateway(base_settings, work_dir)
+    yield started
+    stop_gateway(started)
+
+
+def hcm(config: dict) -> dict:
+    """The HTTP connection manager of envoy.yaml's listener, to change in a test's copy."""
+    return config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
