@@ -13,11 +13,17 @@ VENDORED_PROTOS := $(shell find third_party -name '*.proto')
 
 install: $(GENERATED)
 
-# Debian packages: redis-server is the run command's fallback Redis and what the tests start.
+# Debian packages: redis-server (the run command's fallback Redis, and the tests' own) and nginx
+# (the tests put gateway/nginx.conf in front of Envoy). Installed only when missing.
 $(VENV)/.system:
-	@command -v redis-server >/dev/null || { \
-		echo "installing redis-server with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		if command -v service >/dev/null; then service nginx stop >/dev/null 2>&1 || true; fi; \
+	fi
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	@touch $@
 

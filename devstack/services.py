@@ -20,7 +20,8 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name, path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    search = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    found = shutil.which(name, path=search)
     if found is None:
         raise FileNotFoundError(f"{name} is not installed; run `make install`")
     return found
@@ -134,3 +135,23 @@ def python_process(name: str, module: str, env: Mapping[str, str], log_dir: Path
     full_env.update(env)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     return ManagedProcess(name, [sys.executable, "-m", module], log_dir / f"{name}.log", env=full_env, cwd=ROOT).start()
+
+
+def start_nginx(
+    envoy_port: int, http_port: int, grpc_port: int, work_dir: Path, log_dir: Path, edit=None  # noqa: ANN001
+) -> ManagedProcess:
+    """gateway/nginx.conf in front of Envoy, with its ports replaced (and `edit(text)` applied)."""
+    text = (ROOT / "gateway" / "nginx.conf").read_text()
+    text = text.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{envoy_port};")  # both upstreams
+    text = text.replace("listen 127.0.0.1:8081;", f"listen 127.0.0.1:{http_port};")
+    text = text.replace("listen 127.0.0.1:8082 http2;", f"listen 127.0.0.1:{grpc_port} http2;")
+    if edit is not None:
+        text = edit(text)
+    prefix = work_dir / f"nginx-{http_port}"
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    (prefix / "tmp").chmod(0o777)  # nginx's workers drop root privileges
+    (prefix / "nginx.conf").write_text(text)
+    argv = [_binary("nginx"), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
+    proc = ManagedProcess("nginx", argv, log_dir / f"nginx-{http_port}.log").start()
+    proc.wait_until(lambda: port_open(http_port) and port_open(grpc_port), 15, "listening")
+    return proc
