@@ -40,6 +40,7 @@ class WatchHub:
         self._inboxes: dict[str, set[asyncio.Queue[Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._closed = False
 
     @property
     def watcher_count(self) -> int:
@@ -50,7 +51,8 @@ class WatchHub:
         await self._subscribed.wait()
 
     async def close(self) -> None:
-        """Ends every watch with SHUTDOWN, then stops reading."""
+        """Ends every watch with SHUTDOWN (and any that starts later), then stops reading."""
+        self._closed = True
         for boxes in self._inboxes.values():
             for inbox in boxes:
                 _deliver(inbox, SHUTDOWN)
@@ -61,6 +63,8 @@ class WatchHub:
     @contextlib.contextmanager
     def subscribe(self, job_id: str) -> Iterator[asyncio.Queue[Any]]:
         inbox: asyncio.Queue[Any] = asyncio.Queue(_INBOX_SIZE)
+        if self._closed:
+            inbox.put_nowait(SHUTDOWN)  # a watch that slipped in while the server stops
         self._inboxes.setdefault(job_id, set()).add(inbox)
         try:
             yield inbox

@@ -24,10 +24,13 @@ GATEWAY_SETTINGS = {"delay_min_ms": 2_000, "delay_max_ms": 2_000, "heartbeat_s":
 class Gateway:
     settings: Settings
     port: int  # Envoy's public listener
-    server: ManagedProcess
+    servers: list[ManagedProcess]
     worker: ManagedProcess
     envoy: ManagedProcess
-    grpc_port: int
+
+    @property
+    def server(self) -> ManagedProcess:
+        return self.servers[0]
 
     @property
     def address(self) -> str:
@@ -35,7 +38,7 @@ class Gateway:
 
 
 def wait_healthy(port: int, timeout_s: float = 15) -> None:
-    """Until Envoy's health checks have put the server in rotation."""
+    """Until Envoy's health checks have put a server in rotation."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -45,36 +48,37 @@ def wait_healthy(port: int, timeout_s: float = 15) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
-    raise TimeoutError("the server never became healthy behind Envoy")
+    raise TimeoutError("no server became healthy behind Envoy")
 
 
 def start_gateway(
-    base: Settings, work_dir: Path, envoy_changes=None, wait: bool = True, **changes: object  # noqa: ANN001
+    base: Settings, work_dir: Path, envoy_changes=None, wait: bool = True, replicas: int = 1,  # noqa: ANN001
+    **changes: object,
 ) -> Gateway:
     reserved: set[int] = set()
-    grpc_port, http_port, envoy_port, admin_port = (free_port(reserved) for _ in range(4))
-    settings = base.replace(
-        redis_prefix=f"gw-{uuid.uuid4().hex[:10]}",
-        grpc_listen=f"127.0.0.1:{grpc_port}",
-        http_listen=f"127.0.0.1:{http_port}",
-        **{**GATEWAY_SETTINGS, **changes},
-    )
+    envoy_port, admin_port = free_port(reserved), free_port(reserved)
+    settings = base.replace(redis_prefix=f"gw-{uuid.uuid4().hex[:10]}", **{**GATEWAY_SETTINGS, **changes})
     logs = work_dir / "logs"
-    tag = settings.redis_prefix
-    server = python_process(f"server-{tag}", "server", settings.to_env(), logs)
-    server.wait_until(lambda: port_open(grpc_port) and port_open(http_port), 30, "serving")
-    worker = python_process(f"worker-{tag}", "worker", settings.to_env(), logs)
-    config = envoy_config(envoy_port, admin_port, [(grpc_port, http_port)])
+    servers, upstreams = [], []
+    for index in range(replicas):
+        grpc_port, http_port = free_port(reserved), free_port(reserved)
+        own = settings.replace(grpc_listen=f"127.0.0.1:{grpc_port}", http_listen=f"127.0.0.1:{http_port}")
+        server = python_process(f"server-{settings.redis_prefix}-{index}", "server", own.to_env(), logs)
+        server.wait_until(lambda g=grpc_port, h=http_port: port_open(g) and port_open(h), 30, "serving")
+        servers.append(server)
+        upstreams.append((grpc_port, http_port))
+    worker = python_process(f"worker-{settings.redis_prefix}", "worker", settings.to_env(), logs)
+    config = envoy_config(envoy_port, admin_port, upstreams)
     if envoy_changes:
         envoy_changes(config)
-    envoy = start_envoy(config, work_dir / "envoy", logs, name=f"envoy-{tag}")
+    envoy = start_envoy(config, work_dir / "envoy", logs, name=f"envoy-{settings.redis_prefix}")
     if wait:
         wait_healthy(envoy_port)
-    return Gateway(settings, envoy_port, server, worker, envoy, grpc_port)
+    return Gateway(settings, envoy_port, servers, worker, envoy)
 
 
 def stop_gateway(gateway: Gateway) -> None:
-    for proc in (gateway.envoy, gateway.worker, gateway.server):
+    for proc in (gateway.envoy, gateway.worker, *gateway.servers):
         proc.stop()
 
 

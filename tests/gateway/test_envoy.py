@@ -3,6 +3,7 @@ with SSE, CORS, errors, timeouts — against a server and worker running as thei
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import time
@@ -261,5 +262,36 @@ async def test_health_is_503_and_grpc_unavailable_when_storage_is_down(base_sett
                 if error.value.code() == grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                     break
             assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        stop_gateway(gateway)
+
+
+async def test_replicas_a_stopping_server_leaves_rotation_and_watches_resume_on_the_other(base_settings, work_dir) -> None:
+    gateway = start_gateway(base_settings, work_dir, replicas=2, delay_min_ms=3_000, delay_max_ms=3_000)
+    try:
+        async with grpc.aio.insecure_channel(gateway.address) as channel:
+            stub = pb_grpc.DownloadServiceStub(channel)
+            job = await initiate(stub, SMALL_IDS[:2])
+            last_seq = 0
+            gateway.servers[0].signal(signal.SIGTERM)  # one replica goes away mid-job
+            while True:  # the client's loop: resume by after_seq on UNAVAILABLE
+                try:
+                    async for message in stub.WatchProgress(
+                        pb.WatchProgressRequest(job_id=job.job_id, after_seq=last_seq), timeout=20
+                    ):
+                        if message.type != pb.EVENT_TYPE_HEARTBEAT and message.type != pb.EVENT_TYPE_ERROR:
+                            assert message.seq > last_seq or message.type == pb.EVENT_TYPE_SNAPSHOT
+                            last_seq = message.seq
+                            final = message.job
+                    break
+                except grpc.aio.AioRpcError as error:
+                    # The watch was on the stopping replica: it ended with UNAVAILABLE; resume.
+                    assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                    await asyncio.sleep(0.2)
+            assert final.state == pb.JOB_STATE_COMPLETED
+            check_archive(final, SMALL_IDS[:2])
+            # Unary calls never fail while the replica leaves: unsent requests go to the other one.
+            for _ in range(20):
+                await stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))
     finally:
         stop_gateway(gateway)
