@@ -60,12 +60,13 @@ def status_for(error: Exception) -> tuple[grpc.StatusCode, str, list[Any]]:
         return grpc.StatusCode.UNAVAILABLE, "the job store (Redis) is unreachable; retry shortly", []
     if isinstance(error, (BotoCoreError, ClientError)):
         return grpc.StatusCode.UNAVAILABLE, "object storage (S3) is unreachable; retry shortly", []
-    log.exception("unexpected error in a handler", exc_info=error)
     return grpc.StatusCode.INTERNAL, "internal error; it was logged", []
 
 
 async def abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
     code, message, details = status_for(error)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("unexpected error in a handler", exc_info=error)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
     for detail in details:
         packed = any_pb2.Any()

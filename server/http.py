@@ -43,7 +43,7 @@ class HttpSide:
         host, port = listen.rsplit(":", 1)
         site = web.TCPSite(self._runner, host, int(port))
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        self.port = self._runner.addresses[0][1]
         return self.port
 
     async def stop(self) -> None:
