@@ -64,6 +64,7 @@ class F:
     FINISHED_MS = "finished_ms"
     EXPIRE_MS = "expire_ms"
     ETA_MS = "eta_ms"
+    NEXT_ATTEMPT_MS = "next_attempt_ms"
     WORKER = "worker"
     FILE_IDS = "file_ids"  # JSON list; left out of events
     PRIORITY = "priority"

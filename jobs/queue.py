@@ -56,7 +56,9 @@ class JobQueue:
                 "concurrency": s.worker_concurrency,
                 "lockDuration": s.lock_ms,
                 "stalledInterval": s.stalled_check_ms,
-                "maxStalledCount": s.max_stalled_count,
+                # One more than our own limit: the runner, not bullmq, fails a job that keeps losing
+                # its worker, so the job record says why instead of staying RUNNING.
+                "maxStalledCount": s.max_attempts + 1,
             },
         )
 

@@ -60,7 +60,12 @@ class Settings:
     # stalled_check_ms. Both are short so a killed worker's job restarts in seconds, not minutes.
     lock_ms: int = 10_000
     stalled_check_ms: int = 5_000
-    max_stalled_count: int = 5
+    # Starts of one job (first run, retries after transient errors, restarts after a worker died or
+    # was stopped) before it fails for good.
+    max_attempts: int = 5
+    # Retry delay after a transient error: retry_base_ms * 2^(attempt-1), jittered by ±50 %, capped.
+    retry_base_ms: int = 1_000
+    retry_max_ms: int = 60_000
 
     @property
     def presign_endpoint(self) -> str:
@@ -96,6 +101,8 @@ class Settings:
             raise ValueError("need 0 <= DOWNLOAD_DELAY_MIN_MS <= DOWNLOAD_DELAY_MAX_MS")
         if self.upload_part_size < 5 * 1024 * 1024:
             raise ValueError("UPLOAD_PART_SIZE must be at least 5 MiB (the S3 minimum part size)")
+        if self.max_attempts < 1:
+            raise ValueError("JOB_MAX_ATTEMPTS must be at least 1")
         if self.heartbeat_s <= 0 or self.presign_ttl_s <= 0 or self.job_ttl_s <= 0:
             raise ValueError("HEARTBEAT_INTERVAL_S, PRESIGN_TTL_S and JOB_TTL_S must be positive")
 
@@ -129,5 +136,7 @@ ENV_VARS: dict[str, str] = {
     "UPLOAD_PART_SIZE": "upload_part_size",
     "WORKER_LOCK_MS": "lock_ms",
     "WORKER_STALLED_CHECK_MS": "stalled_check_ms",
-    "WORKER_MAX_STALLED_COUNT": "max_stalled_count",
+    "JOB_MAX_ATTEMPTS": "max_attempts",
+    "RETRY_BASE_MS": "retry_base_ms",
+    "RETRY_MAX_MS": "retry_max_ms",
 }

@@ -176,7 +176,13 @@ class JobStore:
         """A worker takes the job: RUNNING, a new attempt fenced by `token`. None if it is over."""
         outcome = await self._apply(
             job_id,
-            {F.STATE: State.RUNNING, F.PHASE: Phase.FETCHING, F.WORKER: worker, F.MESSAGE: "started"},
+            {
+                F.STATE: State.RUNNING,
+                F.PHASE: Phase.FETCHING,
+                F.WORKER: worker,
+                F.MESSAGE: "started",
+                F.NEXT_ATTEMPT_MS: "",
+            },
             EventType.STATE_CHANGED,
             claim_token=token,
         )

@@ -30,6 +30,7 @@ _TIMESTAMPS = (
     ("update_time", F.UPDATED_MS),
     ("finish_time", F.FINISHED_MS),
     ("expire_time", F.EXPIRE_MS),
+    ("next_attempt_time", F.NEXT_ATTEMPT_MS),
 )
 
 

@@ -58,6 +58,7 @@ def base_settings(redis_url: str, work_dir: Path) -> Iterator[Settings]:
         worker_concurrency=8,
         lock_ms=2_000,
         stalled_check_ms=1_000,
+        retry_base_ms=200,
         shutdown_grace_s=1,
     )
     proc = start_seaweedfs(

@@ -10,17 +10,20 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from typing import Any
 
 from bullmq import Job as QueueJob
+from bullmq.custom_errors import DelayedError
 
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
 from jobs.errors import RunSuperseded
-from jobs.model import F, EventType, State
+from jobs.model import F, EventType, Phase, State
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore, finish_fields
+from worker.failures import retry_delay_ms, transient_code
 from worker.pipeline import PermanentJobError, build_archive
 from worker.progress import Progress
 
@@ -42,6 +45,7 @@ class WorkerRunner:
         self._queue = JobQueue(settings)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
+        self._handing_back = False
         self._exit_stack = contextlib.AsyncExitStack()
         self._s3: Any = None
         self._worker: Any = None
@@ -58,6 +62,8 @@ class WorkerRunner:
         log.info("worker %s taking jobs from queue %r", self.name, self.settings.queue_name)
 
     async def stop(self) -> None:
+        """Stops intake, lets running jobs finish within the grace period, then hands the rest
+        back to the queue so another worker takes them at once (not after the lock lapses)."""
         if self._worker is not None:
             # close() stops intake and returns once the running jobs have ended. It is called once
             # only: bullmq's close() spins forever if a second call's teardown is cancelled.
@@ -69,8 +75,9 @@ class WorkerRunner:
                 waiting = self._worker.waiting
                 if waiting is not None and not waiting.done():
                     waiting.cancel()
-                if asyncio.get_running_loop().time() >= deadline and self._running:
-                    log.warning("%d jobs still running after the grace period; stopping them", len(self._running))
+                if asyncio.get_running_loop().time() >= deadline and self._running and not self._handing_back:
+                    log.warning("handing %d running jobs back to the queue", len(self._running))
+                    self._handing_back = True
                     for task in self._running.values():
                         task.cancel()
                 await asyncio.wait([closing], timeout=0.1)
@@ -82,26 +89,43 @@ class WorkerRunner:
         await self._exit_stack.aclose()
         await self._redis.aclose()
 
-    async def _process(self, queue_job: QueueJob, _token: str) -> None:
+    async def _process(self, queue_job: QueueJob, queue_token: str) -> None:
         job_id = queue_job.data["job_id"]
         run_token = uuid.uuid4().hex
         record = await self._store.claim(job_id, self.name, run_token)
         if record is None:
             log.info("job %s is already over (cancelled, finished or expired); skipping", job_id)
             return
-        task = asyncio.create_task(self._run(job_id, run_token))
+        attempt = int(record[F.ATTEMPTS])
+        if attempt > self.settings.max_attempts:
+            message = (
+                f"gave up after {attempt - 1} attempts: each one failed or lost its worker "
+                "(a worker that died or was stopped mid-job)"
+            )
+            await self._finish(job_id, run_token, State.FAILED, message, {"code": "TOO_MANY_ATTEMPTS", "retryable": True})
+            return
+        task = asyncio.create_task(self._run(job_id, run_token, attempt))
         self._running[job_id] = task
         try:
-            await task
+            retry_in_ms = await task
         except asyncio.CancelledError:
-            if job_id not in self._cancelled:
+            if job_id in self._cancelled:
+                log.info("job %s cancelled while running", job_id)
+                return
+            if not self._handing_back:
                 raise
-            log.info("job %s cancelled while running", job_id)
+            await self._requeue(job_id, run_token, "its worker is shutting down; another worker takes over")
+            retry_in_ms = 0
         finally:
             self._running.pop(job_id, None)
             self._cancelled.discard(job_id)
+        if retry_in_ms is not None:
+            # The documented bullmq way to run a job again later without counting a failure.
+            await queue_job.moveToDelayed(int(time.time() * 1000) + retry_in_ms, queue_token)
+            raise DelayedError()
 
-    async def _run(self, job_id: str, token: str) -> None:
+    async def _run(self, job_id: str, token: str, attempt: int) -> int | None:
+        """Runs one attempt; returns the delay before the next attempt, or None when done."""
         s = self.settings
         paced_s = random.uniform(s.delay_min_ms, s.delay_max_ms) / 1000
         progress = Progress(self._store, job_id, token, paced_s)
@@ -110,26 +134,56 @@ class WorkerRunner:
             result = await build_archive(self._s3, s, job_id, file_ids, progress)
         except RunSuperseded as superseded:
             log.info("%s", superseded)
-            return
+            return None
         except PermanentJobError as error:
             await self._finish(job_id, token, State.FAILED, error.message, {"code": error.code, "retryable": False})
-            return
+            return None
         except Exception as error:
-            log.exception("job %s failed", job_id)
-            await self._finish(
-                job_id, token, State.FAILED, f"the download could not be prepared: {error}",
-                {"code": "INTERNAL", "retryable": True},
-            )
-            return
+            code = transient_code(error)
+            if code is None:
+                log.exception("job %s failed", job_id)
+                await self._finish(
+                    job_id, token, State.FAILED, f"the download could not be prepared: {error}",
+                    {"code": "INTERNAL", "retryable": False},
+                )
+                return None
+            if attempt >= s.max_attempts:
+                message = f"gave up after {attempt} attempts; the last one failed with: {error}"
+                await self._finish(job_id, token, State.FAILED, message, {"code": code, "retryable": True})
+                return None
+            delay_ms = retry_delay_ms(s, attempt)
+            log.warning("job %s attempt %d failed (%s: %s); retrying in %d ms", job_id, attempt, code, error, delay_ms)
+            message = f"attempt {attempt} of {s.max_attempts} failed ({error}); retrying in {delay_ms / 1000:.1f} s"
+            await self._requeue(job_id, token, message, {"code": code, "retryable": True}, delay_ms)
+            return delay_ms
         included = sum(1 for f in result.files if f.status == "INCLUDED")
         fields = {
             F.PERCENT: "100",
             F.FILES_DONE: progress.files_done,
             F.BYTES_DONE: progress.bytes_done,
             F.RESULT: result.to_json(),
+            F.ERROR: "",  # an earlier attempt's error no longer applies
         }
         message = f"ready: {included} of {len(result.files)} files, {result.size_bytes} bytes"
         await self._finish(job_id, token, State.COMPLETED, message, None, fields)
+        return None
+
+    async def _requeue(
+        self, job_id: str, token: str, message: str, error: dict[str, Any] | None = None, delay_ms: int = 0
+    ) -> None:
+        """Puts the job back to QUEUED (the queue entry is moved by the caller)."""
+        fields: dict[str, Any] = {
+            F.STATE: State.QUEUED,
+            F.PHASE: Phase.QUEUED,
+            F.MESSAGE: message,
+            F.NEXT_ATTEMPT_MS: int(time.time() * 1000) + delay_ms,
+        }
+        if error is not None:
+            fields[F.ERROR] = json.dumps({"message": message, **error})
+        try:
+            await asyncio.shield(self._store.report(job_id, token, fields, event=EventType.STATE_CHANGED))
+        except RunSuperseded as superseded:
+            log.info("could not requeue %s: %s", job_id, superseded)
 
     async def _finish(
         self,

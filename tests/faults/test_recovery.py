@@ -1,0 +1,150 @@
+"""Faults injected for real: workers SIGKILLed or SIGTERMed mid-job, S3 stopped mid-upload. Each
+test checks that the job still ends right, with a correct archive, and says what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from devstack.processes import ManagedProcess, free_port
+from devstack.seed import seed_sources
+from devstack.services import python_process, start_seaweedfs
+from jobs.connections import s3_client_kwargs, s3_session
+from longhaul.download.v1 import download_pb2 as pb
+from tests.conftest import SMALL_IDS
+from tests.helpers import check_archive, initiate, wait_done
+
+# Short locks so a dead worker's job moves on in about 3 s instead of about 15 s.
+FAST_RECOVERY = {"lock_ms": 2_000, "stalled_check_ms": 1_000, "shutdown_grace_s": 0.5}
+
+
+def start_worker(stack, work_dir, name: str) -> ManagedProcess:  # noqa: ANN001
+    env = stack.settings.replace(worker_name=name).to_env()
+    return python_process(f"{stack.settings.redis_prefix}-{name}", "worker", env, work_dir / "logs")
+
+
+async def wait_running_on(stack, job_id: str, not_on: str = "", timeout_s: float = 20) -> pb.Job:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job_id))).job
+        if job.state == pb.JOB_STATE_RUNNING and job.worker and job.worker != not_on and job.files_done >= 1:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job never ran on a worker other than {not_on!r}: {job}")
+
+
+async def test_a_sigkilled_workers_job_completes_on_another_worker(make_stack, work_dir) -> None:
+    stack = await make_stack(workers=0, delay_min_ms=3_000, delay_max_ms=3_000, **FAST_RECOVERY)
+    first = start_worker(stack, work_dir, "first")
+    job = await initiate(stack.stub, SMALL_IDS[:4])
+    running = await wait_running_on(stack, job.job_id)
+    assert running.worker == "first"
+    second = start_worker(stack, work_dir, "second")
+    try:
+        first.kill()
+        killed_at = time.monotonic()
+        taken = await wait_running_on(stack, job.job_id, not_on="first")
+        recovered_s = time.monotonic() - killed_at
+        done = await wait_done(stack.stub, job.job_id)
+        assert done.state == pb.JOB_STATE_COMPLETED, done
+        assert taken.worker == "second" and done.attempts == 2
+        # lock (2 s) + stalled check (1 s) + scheduling slack; the README's figure at default
+        # settings (10 s + 5 s) scales the same way.
+        assert recovered_s < 6, recovered_s
+        check_archive(done, SMALL_IDS[:4])
+    finally:
+        second.stop()
+
+
+async def test_a_job_that_keeps_killing_its_workers_fails_and_says_so(make_stack, work_dir) -> None:
+    stack = await make_stack(workers=0, delay_min_ms=5_000, delay_max_ms=5_000, max_attempts=2, **FAST_RECOVERY)
+    job = await initiate(stack.stub, SMALL_IDS[:2])
+    workers: list[ManagedProcess] = []
+    try:
+        previous = ""
+        for round_ in range(2):
+            worker = start_worker(stack, work_dir, f"doomed-{round_}")
+            workers.append(worker)
+            await wait_running_on(stack, job.job_id, not_on=previous)
+            previous = f"doomed-{round_}"
+            worker.kill()
+        workers.append(start_worker(stack, work_dir, "survivor"))
+        done = await wait_done(stack.stub, job.job_id)
+        assert done.state == pb.JOB_STATE_FAILED
+        assert done.error.code == "TOO_MANY_ATTEMPTS"
+        assert "gave up after 2 attempts" in done.error.message
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+async def test_sigterm_hands_a_running_job_to_another_worker_at_once(make_stack, work_dir) -> None:
+    stack = await make_stack(workers=0, delay_min_ms=4_000, delay_max_ms=4_000, **{**FAST_RECOVERY, "lock_ms": 30_000})
+    first = start_worker(stack, work_dir, "first")
+    job = await initiate(stack.stub, SMALL_IDS[:3])
+    await wait_running_on(stack, job.job_id)
+    second = start_worker(stack, work_dir, "second")
+    try:
+        first.signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        await wait_running_on(stack, job.job_id, not_on="first")
+        # Far sooner than the 30 s lock would lapse: the job was handed back, not abandoned.
+        assert time.monotonic() - stopped_at < 5
+        assert first.proc.wait(10) == 0
+        done = await wait_done(stack.stub, job.job_id)
+        assert done.state == pb.JOB_STATE_COMPLETED and done.attempts == 2
+        check_archive(done, SMALL_IDS[:3])
+    finally:
+        second.stop()
+
+
+@pytest.fixture
+def private_s3(base_settings, tmp_path):  # noqa: ANN001, ANN201
+    """A SeaweedFS of this test's own, to stop and restart."""
+    port = free_port(also_free=(10000,))
+    settings = base_settings.replace(s3_endpoint=f"http://127.0.0.1:{port}")
+
+    def start() -> ManagedProcess:
+        return start_seaweedfs(
+            tmp_path / "s3", tmp_path / "logs", port, settings.s3_access_key_id, settings.s3_secret_access_key,
+            [settings.source_bucket, settings.artifact_bucket],
+        )
+
+    holder = {"proc": start()}
+    yield settings, holder, start
+    holder["proc"].stop()
+
+
+async def test_an_s3_outage_mid_job_is_retried_with_backoff_and_the_job_completes(make_stack, private_s3) -> None:
+    s3_settings, holder, start_s3 = private_s3
+    async with s3_session().client("s3", **s3_client_kwargs(s3_settings)) as s3:
+        await seed_sources(s3, s3_settings, SMALL_IDS[:5])
+    stack = await make_stack(
+        s3_endpoint=s3_settings.s3_endpoint, delay_min_ms=2_500, delay_max_ms=2_500, retry_base_ms=500, max_attempts=6
+    )
+    job = await initiate(stack.stub, SMALL_IDS[:5])
+    await wait_running_on(stack, job.job_id)
+
+    holder["proc"].stop()  # S3 goes away mid-job
+    seen_retry = None
+    deadline = time.monotonic() + 15
+    while seen_retry is None and time.monotonic() < deadline:
+        status = (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job
+        if status.state == pb.JOB_STATE_QUEUED and status.error.code:
+            seen_retry = status
+        await asyncio.sleep(0.05)
+    assert seen_retry is not None, "the failure was not turned into a scheduled retry"
+    assert seen_retry.error.code == "STORAGE_UNAVAILABLE" and seen_retry.error.retryable
+    assert seen_retry.next_attempt_time.ToMilliseconds() > seen_retry.update_time.ToMilliseconds() - 1
+    assert "retrying in" in seen_retry.message
+
+    await asyncio.sleep(1.5)  # more failed attempts while S3 stays down
+    holder["proc"] = start_s3()
+    done = await wait_done(stack.stub, job.job_id, timeout_s=60)
+    assert done.state == pb.JOB_STATE_COMPLETED, done
+    assert done.attempts >= 2
+    assert not done.HasField("error"), "an earlier attempt's error does not stick to a completed job"
+    check_archive(done, SMALL_IDS[:5])
