@@ -66,6 +66,9 @@ class Settings:
     # Retry delay after a transient error: retry_base_ms * 2^(attempt-1), jittered by ±50 %, capped.
     retry_base_ms: int = 1_000
     retry_max_ms: int = 60_000
+    # Hard limit of one attempt, well above the longest legitimate run (120 s of preparation plus the
+    # transfer of a large archive): a stuck attempt is stopped and retried, never left RUNNING.
+    attempt_timeout_s: float = 1_800.0
 
     @property
     def presign_endpoint(self) -> str:
@@ -139,4 +142,5 @@ ENV_VARS: dict[str, str] = {
     "JOB_MAX_ATTEMPTS": "max_attempts",
     "RETRY_BASE_MS": "retry_base_ms",
     "RETRY_MAX_MS": "retry_max_ms",
+    "ATTEMPT_TIMEOUT_S": "attempt_timeout_s",
 }

@@ -107,7 +107,9 @@ class WorkerRunner:
         task = asyncio.create_task(self._run(job_id, run_token, attempt))
         self._running[job_id] = task
         try:
-            retry_in_ms = await task
+            retry_in_ms = await asyncio.wait_for(task, self.settings.attempt_timeout_s)
+        except TimeoutError:
+            retry_in_ms = await self._give_up_on_stuck_attempt(job_id, run_token, attempt)
         except asyncio.CancelledError:
             if job_id in self._cancelled:
                 log.info("job %s cancelled while running", job_id)
@@ -167,6 +169,20 @@ class WorkerRunner:
         message = f"ready: {included} of {len(result.files)} files, {result.size_bytes} bytes"
         await self._finish(job_id, token, State.COMPLETED, message, None, fields)
         return None
+
+    async def _give_up_on_stuck_attempt(self, job_id: str, token: str, attempt: int) -> int | None:
+        """An attempt ran past ATTEMPT_TIMEOUT_S (wait_for has cancelled it): retry or fail the job."""
+        limit = self.settings.attempt_timeout_s
+        log.error("job %s attempt %d exceeded %.0f s; stopped", job_id, attempt, limit)
+        error = {"code": "ATTEMPT_TIMEOUT", "retryable": True}
+        if attempt >= self.settings.max_attempts:
+            message = f"gave up after {attempt} attempts; the last one ran past the {limit:.0f} s limit"
+            await self._finish(job_id, token, State.FAILED, message, error)
+            return None
+        delay_ms = retry_delay_ms(self.settings, attempt)
+        message = f"attempt {attempt} ran past the {limit:.0f} s limit and was stopped; retrying in {delay_ms / 1000:.1f} s"
+        await self._requeue(job_id, token, message, error, delay_ms)
+        return delay_ms
 
     async def _requeue(
         self, job_id: str, token: str, message: str, error: dict[str, Any] | None = None, delay_ms: int = 0

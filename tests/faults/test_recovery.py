@@ -148,3 +148,16 @@ async def test_an_s3_outage_mid_job_is_retried_with_backoff_and_the_job_complete
     assert done.attempts >= 2
     assert not done.HasField("error"), "an earlier attempt's error does not stick to a completed job"
     check_archive(done, SMALL_IDS[:5])
+
+
+async def test_a_stuck_attempt_is_stopped_retried_and_then_failed(make_stack) -> None:
+    # Every attempt "hangs" (paced far past the limit): each is stopped at 0.5 s, retried, then failed.
+    stack = await make_stack(
+        delay_min_ms=60_000, delay_max_ms=60_000, attempt_timeout_s=0.5, max_attempts=2, retry_base_ms=100
+    )
+    job = await initiate(stack.stub, SMALL_IDS[:1])
+    done = await wait_done(stack.stub, job.job_id, timeout_s=15)
+    assert done.state == pb.JOB_STATE_FAILED
+    assert done.error.code == "ATTEMPT_TIMEOUT" and done.attempts == 2
+    assert done.error.message.startswith("gave up after 2 attempts") and "s limit" in done.error.message
+    assert stack.workers[0]._running == {}  # noqa: SLF001 - nothing is left running
