@@ -27,15 +27,16 @@ def _binary(name: str) -> str:
     return found
 
 
-def start_redis(port: int, data_dir: Path, log_dir: Path) -> ManagedProcess:
-    """A throwaway Redis without persistence (tests and the run command's fallback)."""
+def start_redis(port: int, data_dir: Path, log_dir: Path, appendonly: bool = False) -> ManagedProcess:
+    """A local Redis; with `appendonly`, persisted as production runs it (AOF, fsync every second)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         _binary("redis-server"),
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec",
         "--dir", str(data_dir),
     ]
     proc = ManagedProcess("redis", argv, log_dir / f"redis-{port}.log").start()
