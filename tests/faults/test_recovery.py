@@ -123,7 +123,8 @@ async def test_an_s3_outage_mid_job_is_retried_with_backoff_and_the_job_complete
     async with s3_session().client("s3", **s3_client_kwargs(s3_settings)) as s3:
         await seed_sources(s3, s3_settings, SMALL_IDS[:5])
     stack = await make_stack(
-        s3_endpoint=s3_settings.s3_endpoint, delay_min_ms=2_500, delay_max_ms=2_500, retry_base_ms=500, max_attempts=6
+        # 10 attempts at 0.5 s doubling: about a minute of backoff, ample for a slow restart under load.
+        s3_endpoint=s3_settings.s3_endpoint, delay_min_ms=2_500, delay_max_ms=2_500, retry_base_ms=500, max_attempts=10
     )
     job = await initiate(stack.stub, SMALL_IDS[:5])
     await wait_running_on(stack, job.job_id)
@@ -143,7 +144,7 @@ async def test_an_s3_outage_mid_job_is_retried_with_backoff_and_the_job_complete
 
     await asyncio.sleep(1.5)  # more failed attempts while S3 stays down
     holder["proc"] = start_s3()
-    done = await wait_done(stack.stub, job.job_id, timeout_s=60)
+    done = await wait_done(stack.stub, job.job_id, timeout_s=90)
     assert done.state == pb.JOB_STATE_COMPLETED, done
     assert done.attempts >= 2
     assert not done.HasField("error"), "an earlier attempt's error does not stick to a completed job"
