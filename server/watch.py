@@ -42,10 +42,6 @@ class WatchHub:
         self._subscribed = asyncio.Event()
         self._closed = False
 
-    @property
-    def watcher_count(self) -> int:
-        return sum(len(boxes) for boxes in self._inboxes.values())
-
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_forever())
         await self._subscribed.wait()

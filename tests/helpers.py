@@ -7,8 +7,6 @@ import io
 import urllib.request
 import zipfile
 
-import grpc
-
 from devstack.seed import seed_content
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
@@ -54,7 +52,3 @@ def check_archive(job: pb.Job, expected_ids: list[int]) -> zipfile.ZipFile:
     for file_id in expected_ids:
         assert archive.read(f"{file_id}.zip") == seed_content(file_id)
     return archive
-
-
-def status_of(error: grpc.aio.AioRpcError) -> grpc.StatusCode:
-    return error.code()

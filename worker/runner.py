@@ -194,12 +194,7 @@ class WorkerRunner:
             F.MESSAGE: message,
             F.NEXT_ATTEMPT_MS: int(time.time() * 1000) + delay_ms,
         }
-        if error is not None:
-            fields[F.ERROR] = json.dumps({"message": message, **error})
-        try:
-            await asyncio.shield(self._store.report(job_id, token, fields, event=EventType.STATE_CHANGED))
-        except RunSuperseded as superseded:
-            log.info("could not requeue %s: %s", job_id, superseded)
+        await self._record_state(job_id, token, fields, message, error)
 
     async def _finish(
         self,
@@ -211,13 +206,18 @@ class WorkerRunner:
         extra: dict[str, Any] | None = None,
     ) -> None:
         fields = finish_fields(state, self.settings, message) | (extra or {})
+        await self._record_state(job_id, token, fields, message, error)
+
+    async def _record_state(
+        self, job_id: str, token: str, fields: dict[str, Any], message: str, error: dict[str, Any] | None
+    ) -> None:
         if error is not None:
             fields[F.ERROR] = json.dumps({"message": message, **error})
-        # The final write must land even if the worker is told to stop right now.
+        # A state change must land even if the worker is told to stop right now.
         try:
             await asyncio.shield(self._store.report(job_id, token, fields, event=EventType.STATE_CHANGED))
         except RunSuperseded as superseded:
-            log.info("result of %s not recorded: %s", job_id, superseded)
+            log.info("state %s of %s not recorded: %s", fields[F.STATE], job_id, superseded)
 
     async def _listen_for_cancels(self, pubsub: Any) -> None:
         while True:
