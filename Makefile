@@ -8,16 +8,21 @@ INSTALLED := $(VENV)/.installed
 GENERATED := gen/.generated
 PROTOS := $(shell find protos -name '*.proto')
 VENDORED_PROTOS := $(shell find third_party -name '*.proto')
+WEB := clients/web
+WEB_BUILT := $(WEB)/dist/.built
+WEB_SOURCES := $(shell find $(WEB)/src -maxdepth 1 -type f)
 
-.PHONY: install run test lint proto clean
+.PHONY: install run test bench lint proto web clean
 
-install: $(GENERATED)
+install: $(GENERATED) $(WEB_BUILT)
 
-# Debian packages: redis-server (the run command's fallback Redis, and the tests' own) and nginx
-# (the tests put gateway/nginx.conf in front of Envoy). Installed only when missing.
+# Debian packages: redis-server (the run command's fallback Redis, and the tests' own), nginx (the
+# tests put gateway/nginx.conf in front of Envoy) and Node.js (builds the web page). Installed only
+# when missing.
 $(VENV)/.system:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	command -v nginx >/dev/null || test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing with apt-get"; \
@@ -36,22 +41,51 @@ $(GENERATED): $(INSTALLED) $(PROTOS) $(VENDORED_PROTOS) Makefile
 	rm -rf gen && mkdir -p gen
 	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/googleapis \
 		--python_out=gen --grpc_python_out=gen --pyi_out=gen $(PROTOS)
-	# The transcoder prints error details (google.rpc.BadRequest) as JSON only if it knows their type.
+	# The transcoder prints error details (google.rpc.BadRequest) as JSON only if it knows their type,
+	# and transcodes google.longrunning.Operations from its own HTTP annotations. (Python gets the
+	# google.* messages and stubs from googleapis-common-protos, so they are not generated here.)
 	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/googleapis \
-		--include_imports --descriptor_set_out=gen/longhaul.pb $(PROTOS) google/rpc/error_details.proto
+		--include_imports --descriptor_set_out=gen/longhaul.pb $(PROTOS) \
+		google/rpc/error_details.proto google/longrunning/operations.proto
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 proto: $(GENERATED)
 
+# The browser page: TypeScript generated from the same protos (protoc-gen-es), bundled by esbuild
+# into clients/web/dist/ (git-ignored), which the server's HTTP side serves behind Envoy.
+$(WEB)/node_modules/.installed: $(VENV)/.system $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(WEB_BUILT): $(WEB)/node_modules/.installed $(INSTALLED) $(WEB_SOURCES) $(WEB)/tsconfig.json $(PROTOS) $(VENDORED_PROTOS)
+	rm -rf $(WEB)/src/gen && mkdir -p $(WEB)/src/gen
+	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party/googleapis \
+		--plugin=protoc-gen-es=$(WEB)/node_modules/.bin/protoc-gen-es --es_out=$(WEB)/src/gen --es_opt=target=ts \
+		$(PROTOS) google/api/annotations.proto google/api/http.proto google/api/field_behavior.proto google/rpc/status.proto
+	cd $(WEB) && npm run --silent build
+	@touch $@
+
+web: $(WEB_BUILT)
+
+# Debian's Chromium, for the browser tests only (Playwright drives it; it downloads no browser).
+$(VENV)/.browser:
+	@command -v chromium >/dev/null || { echo "installing chromium with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@touch $@
+
 run: install
 	$(PY) -m devstack
 
-test: install lint
+test: install lint $(VENV)/.browser
 	$(PY) -m pytest
+
+# Every benchmark against a throwaway stack, one table (a few minutes; see BENCHMARKS.md).
+bench: install
+	$(PY) -m bench
 
 lint: $(INSTALLED)
 	$(VENV)/bin/buf lint
 
 clean:
-	rm -rf gen .data .pytest_cache
+	rm -rf gen .data .pytest_cache $(WEB)/dist $(WEB)/src/gen

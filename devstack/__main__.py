@@ -108,11 +108,13 @@ class Stack:
             "Longhaul is running.",
             f"  gRPC (direct) {grpc}",
             f"  Envoy         127.0.0.1:{self.envoy_port}   (admin 127.0.0.1:{self.envoy_admin_port})",
+            f"  Web page      http://127.0.0.1:{self.envoy_port}/",
             *(f"  {note}" for note in self.notes),
             f"  Workers       {self.workers} processes",
             f"  Logs          {self.log_dir}",
             "",
             "Try:",
+            f"  .venv/bin/longhaul download 70000 70007 -o out.zip --target 127.0.0.1:{self.envoy_port}",
             f"  grpcurl -plaintext -d '{{\"file_ids\": [70000, 70007]}}' 127.0.0.1:{self.envoy_port} "
             "longhaul.download.v1.DownloadService/InitiateDownload",
             "",

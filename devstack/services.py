@@ -114,6 +114,37 @@ def envoy_config(
     return config
 
 
+def envoy_tls(config: dict, cert_file: Path, key_file: Path, upstream_ca_file: Path | None = None) -> dict:
+    """Turns on TLS at Envoy's listener (cert and key, ALPN h2 and http/1.1) and, with
+    `upstream_ca_file`, from Envoy to the servers too (servers started with TLS_CERT_FILE/KEY_FILE)."""
+    tls = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+    certificate = {"certificate_chain": {"filename": str(cert_file)}, "private_key": {"filename": str(key_file)}}
+    listener = config["static_resources"]["listeners"][0]
+    listener["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": tls + "DownstreamTlsContext",
+            "common_tls_context": {"tls_certificates": [certificate], "alpn_protocols": ["h2", "http/1.1"]},
+        },
+    }
+    if upstream_ca_file is not None:
+        for cluster in config["static_resources"]["clusters"]:
+            # gRPC servers require ALPN h2; the HTTP side speaks HTTP/1.1.
+            alpn = ["h2"] if cluster["name"] == "longhaul_grpc" else ["http/1.1"]
+            cluster["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": tls + "UpstreamTlsContext",
+                    "sni": "localhost",
+                    "common_tls_context": {
+                        "validation_context": {"trusted_ca": {"filename": str(upstream_ca_file)}},
+                        "alpn_protocols": alpn,
+                    },
+                },
+            }
+    return config
+
+
 def start_envoy(config: Mapping, work_dir: Path, log_dir: Path, name: str = "envoy") -> ManagedProcess:
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / f"{name}.yaml"

@@ -8,7 +8,7 @@ from typing import Any
 import aioboto3
 import botocore.session
 from botocore.config import Config
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.connection import parse_url
@@ -19,6 +19,13 @@ from jobs.settings import Settings
 # Blocking queue reads wait up to 10 s; a shorter socket timeout turns every idle wait into an
 # error and a reconnect (seen as 5 s job-start delays with redis-py's defaults).
 _SOCKET_TIMEOUT_S = 30
+
+
+# Connections one process opens to Redis at most (a command holds one for about 0.1 ms, so 8
+# serve thousands of calls a second). Beyond that a command waits for a free connection
+# (up to the socket timeout) instead of failing: redis-py's default pool raises "Too many
+# connections" at 100 commands in flight, which a burst of watchers opening at once reaches.
+_MAX_CONNECTIONS = 8
 
 
 def redis_client(settings: Settings, **overrides: Any) -> Redis:
@@ -32,7 +39,10 @@ def redis_client(settings: Settings, **overrides: Any) -> Redis:
         "health_check_interval": 30,
     }
     options.update(overrides)
-    return Redis.from_url(settings.redis_url, **options)
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=_MAX_CONNECTIONS, timeout=_SOCKET_TIMEOUT_S, **options
+    )
+    return Redis.from_pool(pool)  # closing the client closes the pool
 
 
 def bullmq_connection(settings: Settings) -> dict[str, Any]:

@@ -5,6 +5,8 @@
     {p}:job:{id}:gone     string  tombstone kept after the record expires, so the job reads EXPIRED
     {p}:jobs              zset    index for listing, members "{created_ms:013d}:{id}" ordered by lex
     {p}:idem:{request_id} string  idempotency key -> "{job_id} {fingerprint}"
+    {p}:outbox            zset    job ids by creation time, until the reconciler has seen each in the queue
+    {p}:sweep             zset    artifact object keys by the time they are to be deleted from S3
     {p}:events            channel every job event, "{id}\\n{json}", read by each server's watch hub
     {p}:cancel            channel job ids to cancel, read by every worker process
     {p}:q:{queue}:*       bullmq's own keys for the work queue
@@ -36,6 +38,14 @@ class Keys:
         return f"{self.prefix}:jobs"
 
     @property
+    def outbox(self) -> str:
+        return f"{self.prefix}:outbox"
+
+    @property
+    def sweep(self) -> str:
+        return f"{self.prefix}:sweep"
+
+    @property
     def events_channel(self) -> str:
         return f"{self.prefix}:events"
 
@@ -47,6 +57,10 @@ class Keys:
     def queue_prefix(self) -> str:
         """bullmq's `prefix` option: its keys become `{p}:q:{queue}:...`."""
         return f"{self.prefix}:q"
+
+    def queue_job(self, queue_name: str, job_id: str) -> str:
+        """bullmq's hash for one queue entry (its entry id is our job id)."""
+        return f"{self.queue_prefix}:{queue_name}:{job_id}"
 
 
 def index_member(created_ms: int, job_id: str) -> str:

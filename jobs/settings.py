@@ -46,6 +46,10 @@ class Settings:
     # Plain HTTP for /health and the /file redirect, behind Envoy.
     http_listen: str = "127.0.0.1:50052"
     heartbeat_s: float = 15.0
+    # TLS for the server's gRPC and HTTP ports (both files, PEM); empty: plaintext, for a server
+    # that only Envoy on the same host or private network reaches.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     health_check_interval_s: float = 5.0
     shutdown_grace_s: float = 5.0
 
@@ -69,6 +73,11 @@ class Settings:
     # Hard limit of one attempt, well above the longest legitimate run (120 s of preparation plus the
     # transfer of a large archive): a stuck attempt is stopped and retried, never left RUNNING.
     attempt_timeout_s: float = 1_800.0
+    # How often each worker process deletes expired artifacts and enqueues stranded jobs.
+    housekeeping_interval_s: float = 30.0
+    # A job still missing from the queue this long after it was written is enqueued by housekeeping
+    # (its server died between writing and enqueueing it).
+    enqueue_grace_s: float = 30.0
 
     @property
     def presign_endpoint(self) -> str:
@@ -108,6 +117,10 @@ class Settings:
             raise ValueError("JOB_MAX_ATTEMPTS must be at least 1")
         if self.heartbeat_s <= 0 or self.presign_ttl_s <= 0 or self.job_ttl_s <= 0:
             raise ValueError("HEARTBEAT_INTERVAL_S, PRESIGN_TTL_S and JOB_TTL_S must be positive")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("set both TLS_CERT_FILE and TLS_KEY_FILE, or neither")
+        if self.housekeeping_interval_s <= 0:
+            raise ValueError("HOUSEKEEPING_INTERVAL_S must be positive")
 
 
 # Environment variable -> Settings field. The README's settings table mirrors this.
@@ -130,6 +143,8 @@ ENV_VARS: dict[str, str] = {
     "GRPC_LISTEN": "grpc_listen",
     "HTTP_LISTEN": "http_listen",
     "HEARTBEAT_INTERVAL_S": "heartbeat_s",
+    "TLS_CERT_FILE": "tls_cert_file",
+    "TLS_KEY_FILE": "tls_key_file",
     "HEALTH_CHECK_INTERVAL_S": "health_check_interval_s",
     "SHUTDOWN_GRACE_S": "shutdown_grace_s",
     "WORKER_CONCURRENCY": "worker_concurrency",
@@ -143,4 +158,6 @@ ENV_VARS: dict[str, str] = {
     "RETRY_BASE_MS": "retry_base_ms",
     "RETRY_MAX_MS": "retry_max_ms",
     "ATTEMPT_TIMEOUT_S": "attempt_timeout_s",
+    "HOUSEKEEPING_INTERVAL_S": "housekeeping_interval_s",
+    "ENQUEUE_GRACE_S": "enqueue_grace_s",
 }

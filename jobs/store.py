@@ -20,11 +20,12 @@ from jobs.errors import HistoryAhead, IdempotencyConflict, JobAlreadyFinished, J
 from jobs.keys import Keys, index_member
 from jobs.model import F, EventType, Phase, Priority, State
 from jobs.settings import Settings
+from jobs.storage import artifact_key
 
 Fields = dict[str, str]
 
 
-def _script(name: str) -> str:
+def lua_script(name: str) -> str:
     return resources.files("jobs").joinpath(f"lua/{name}.lua").read_text()
 
 
@@ -42,8 +43,9 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
-        self._create = redis.register_script(_script("create"))
-        self._transition = redis.register_script(_script("transition"))
+        self._create = redis.register_script(lua_script("create"))
+        self._transition = redis.register_script(lua_script("transition"))
+        self._forget = redis.register_script(lua_script("forget"))
 
     # -- creating ------------------------------------------------------------------------------
 
@@ -72,7 +74,7 @@ class JobStore:
             F.REQUEST_ID: request_id,
             F.SEQ: "1",
         }
-        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.index]
+        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.index, self.keys.outbox]
         if request_id:
             keys.append(self.keys.idempotency(request_id))
         args: list[Any] = [
@@ -82,9 +84,9 @@ class JobStore:
             self.settings.event_history_len,
             index_member(created, job_id),
             f"{max(created - retention_s * 1000, 0):013d}",
+            created,
+            json.dumps(fields, separators=(",", ":")),
         ]
-        for name, value in fields.items():
-            args += [name, value]
         outcome = await self._create(keys=keys, args=args)
         if outcome[0] == "created":
             return json.loads(outcome[1]) | {F.FILE_IDS: fields[F.FILE_IDS]}, True
@@ -97,34 +99,36 @@ class JobStore:
         created_ms = await self.redis.hget(self.keys.job(job_id), F.CREATED_MS)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.job(job_id), self.keys.events(job_id))
+            pipe.zrem(self.keys.outbox, job_id)
             if created_ms:
                 pipe.zrem(self.keys.index, index_member(int(created_ms), job_id))
             if request_id:
                 pipe.delete(self.keys.idempotency(request_id))
             await pipe.execute()
 
+    async def forget(self, job_id: str) -> None:
+        """Removes every trace of a job, whatever its state (its artifact is deleted soon after)."""
+        request_id = await self.redis.hget(self.keys.job(job_id), F.REQUEST_ID)
+        k = self.keys
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.index, k.outbox, k.sweep]
+        if request_id:
+            keys.append(k.idempotency(request_id))
+        if not await self._forget(keys=keys, args=[job_id, artifact_key(job_id), now_ms()]):
+            raise JobNotFound(job_id)
+
     # -- reading -------------------------------------------------------------------------------
 
     async def get(self, job_id: str, with_file_ids: bool = True) -> Fields:
         """The job record; an expired job reads as a stub in state EXPIRED."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.job(job_id))
-            pipe.exists(self.keys.tombstone(job_id))
-            record, gone = await pipe.execute()
+        record = await self.redis.hgetall(self.keys.job(job_id))  # the tombstone only matters without it
         if record:
             if not with_file_ids:
                 record.pop(F.FILE_IDS, None)
             record.pop(F.TOKEN, None)
             return record
-        if gone:
+        if await self.redis.exists(self.keys.tombstone(job_id)):
             return expired_stub(job_id)
         raise JobNotFound(job_id)
-
-    async def file_ids(self, job_id: str) -> list[int]:
-        raw = await self.redis.hget(self.keys.job(job_id), F.FILE_IDS)
-        if raw is None:
-            raise JobNotFound(job_id)
-        return json.loads(raw)
 
     async def latest_seq(self, job_id: str) -> int:
         return int(await self.redis.hget(self.keys.job(job_id), F.SEQ) or 0)
@@ -173,7 +177,8 @@ class JobStore:
     # -- changing ------------------------------------------------------------------------------
 
     async def claim(self, job_id: str, worker: str, token: str) -> Fields | None:
-        """A worker takes the job: RUNNING, a new attempt fenced by `token`. None if it is over."""
+        """A worker takes the job: RUNNING, a new attempt fenced by `token`; returns the record with
+        its file ids, or None if the job is over."""
         outcome = await self._apply(
             job_id,
             {
@@ -188,7 +193,7 @@ class JobStore:
         )
         if outcome[0] != "ok":
             return None
-        return json.loads(outcome[2])
+        return json.loads(outcome[2]) | {F.FILE_IDS: outcome[3]}
 
     async def report(
         self, job_id: str, token: str, fields: Mapping[str, Any], event: EventType = EventType.PROGRESS
@@ -238,10 +243,11 @@ class JobStore:
             s.job_ttl_s,
             s.job_ttl_s + s.expired_retention_s,
             job_id,
+            artifact_key(job_id),
         ]
         for name, value in fields.items():
             args += [name, value]
-        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.tombstone(job_id)]
+        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.tombstone(job_id), self.keys.sweep]
         return await self._transition(keys=keys, args=args)
 
 

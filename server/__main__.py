@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 
+import uvloop
+
 from jobs.logs import setup_logging
 from jobs.settings import Settings
 from server.app import LonghaulServer
@@ -25,7 +27,8 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     setup_logging("server")
-    asyncio.run(serve(Settings.from_env()))
+    # uvloop: the same asyncio API with a faster loop; grpc.aio runs on it unchanged.
+    uvloop.run(serve(Settings.from_env()))
 
 
 if __name__ == "__main__":

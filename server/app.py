@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,7 +17,9 @@ from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
+from server import operations
 from server.convert import Presigner
+from server.decoding import TolerantDecoding
 from server.health import HealthMonitor
 from server.http import HttpSide
 from server.servicer import SERVICE_NAME, DownloadServicer
@@ -33,7 +37,27 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.max_receive_message_length", 1024 * 1024),
+    # Calls that arrived but that the handler loop has not picked up yet. gRPC's defaults (1,000,
+    # hard limit 3,000) cancel calls beyond that: seen as CANCELLED when thousands of watchers
+    # (re)connect at once, e.g. after a server restart. Such calls are cheap to hold.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 50_000),
 ]
+
+
+def server_tls(settings: Settings) -> tuple[bytes, bytes] | None:
+    """(private key, certificate chain) PEM bytes when TLS is configured."""
+    if not settings.tls_cert_file:
+        return None
+    return Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes()
+
+
+def http_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
 
 
 class LonghaulServer:
@@ -58,24 +82,33 @@ class LonghaulServer:
         store = JobStore(redis, s)
         self._queue = JobQueue(s)
         self._hub = WatchHub(redis, store.keys)
-        self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME])
+        self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME])
         presigner = Presigner(s)
         self._http = HttpSide(store, presigner, self._health)
 
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(
+            options=SERVER_OPTIONS, interceptors=[TolerantDecoding([SERVICE_NAME, operations.SERVICE_NAME])]
+        )
         pb_grpc.add_DownloadServiceServicer_to_server(
             DownloadServicer(s, store, self._queue, self._hub, presigner, s3), server
         )
+        operations.add_to_server(operations.OperationsServicer(store, self._hub, presigner, s.heartbeat_s), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection(
-            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+            [SERVICE_NAME, operations.SERVICE_NAME, health_name, reflection.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(s.grpc_listen)
+        tls = server_tls(s)
+        if tls is None:
+            self.port = server.add_insecure_port(s.grpc_listen)
+        else:
+            key, cert = tls
+            self.port = server.add_secure_port(s.grpc_listen, grpc.ssl_server_credentials([(key, cert)]))
         if self.port == 0:
             raise RuntimeError(f"could not listen on {s.grpc_listen}")
         await self._hub.start()
         await self._health.start()
-        self.http_port = await self._http.start(s.http_listen)
+        self.http_port = await self._http.start(s.http_listen, http_ssl_context(s))
         await server.start()
         self._server = server
         log.info("serving gRPC on %s (port %d), HTTP on port %d", s.grpc_listen, self.port, self.http_port)

@@ -43,9 +43,12 @@ class Presigner:
         kwargs = s3_client_kwargs(settings, endpoint=settings.presign_endpoint)
         self._client = botocore_session().create_client("s3", **kwargs)
 
-    def url(self, key: str, file_name: str) -> tuple[str, int]:
-        """(URL, expiry in epoch ms)."""
-        expires_ms = int(time.time() * 1000) + self._ttl_s * 1000
+    def url(self, key: str, file_name: str, not_after_ms: int = 0) -> tuple[str, int]:
+        """(URL, expiry in epoch ms). The URL lives `presign_ttl_s`, but never past `not_after_ms`
+        (the job's expiry, when its artifact is deleted)."""
+        now = int(time.time() * 1000)
+        ttl_s = self._ttl_s if not not_after_ms else max(1, min(self._ttl_s, (not_after_ms - now) // 1000))
+        expires_ms = now + ttl_s * 1000
         url = self._client.generate_presigned_url(
             "get_object",
             Params={
@@ -53,7 +56,7 @@ class Presigner:
                 "Key": key,
                 "ResponseContentDisposition": f'attachment; filename="{file_name}"',
             },
-            ExpiresIn=self._ttl_s,
+            ExpiresIn=ttl_s,
         )
         return url, expires_ms
 
@@ -91,15 +94,16 @@ def to_job(fields: Mapping[str, str], presigner: Presigner) -> pb.Job:
     if fields.get(F.FILE_IDS):
         job.file_ids.extend(json.loads(fields[F.FILE_IDS]))
     if fields.get(F.RESULT):
-        job.result.CopyFrom(_result(json.loads(fields[F.RESULT]), presigner))
+        expire_ms = int(fields.get(F.EXPIRE_MS) or 0)
+        job.result.CopyFrom(_result(json.loads(fields[F.RESULT]), presigner, expire_ms))
     if fields.get(F.ERROR):
         error = json.loads(fields[F.ERROR])
         job.error.CopyFrom(pb.JobError(code=error["code"], message=error["message"], retryable=error["retryable"]))
     return job
 
 
-def _result(stored: dict, presigner: Presigner) -> pb.DownloadResult:
-    url, expires_ms = presigner.url(stored["key"], stored["file_name"])
+def _result(stored: dict, presigner: Presigner, not_after_ms: int) -> pb.DownloadResult:
+    url, expires_ms = presigner.url(stored["key"], stored["file_name"], not_after_ms)
     files = [
         pb.FileOutcome(
             file_id=f["file_id"],

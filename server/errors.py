@@ -29,12 +29,17 @@ class ServiceUnavailable(Exception):
     """A dependency failed in a way a retry may fix."""
 
 
+class MalformedRequest(Exception):
+    """The request's bytes are not a valid protobuf message (see decoding.py)."""
+
+
 class ServerShuttingDown(Exception):
     def __init__(self, last_seq: int) -> None:
         super().__init__(f"this server is shutting down; reconnect and resume with after_seq={last_seq}")
 
 
 _DOMAIN_CODES: dict[type[Exception], grpc.StatusCode] = {
+    MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
     JobNotFound: grpc.StatusCode.NOT_FOUND,
     IdempotencyConflict: grpc.StatusCode.ALREADY_EXISTS,
     JobAlreadyFinished: grpc.StatusCode.FAILED_PRECONDITION,
@@ -82,6 +87,8 @@ def grpc_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(handler)
         async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                if isinstance(request, MalformedRequest):
+                    raise request
                 async for message in handler(self, request, context):
                     yield message
             except Exception as error:  # noqa: BLE001 - every error is mapped in status_for
@@ -92,6 +99,8 @@ def grpc_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(handler)
     async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if isinstance(request, MalformedRequest):
+                raise request
             return await handler(self, request, context)
         except Exception as error:  # noqa: BLE001 - every error is mapped in status_for
             await abort(context, error)

@@ -2,13 +2,16 @@
 
     GET /health                      200 {"status": "healthy", "checks": {...}} or 503 "unhealthy"
     GET /v1/download/{job_id}/file   302 to a fresh presigned URL once COMPLETED, 409 with the state before
+    GET / and its files              the browser page (clients/web, built by `make web` into dist/)
 
-Envoy routes these two paths here; everything else is gRPC (native, grpc-web, or transcoded REST).
+Envoy routes these paths here; everything else is gRPC (native, grpc-web, or transcoded REST).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +23,11 @@ from server import validation
 from server.convert import Presigner
 from server.health import HealthMonitor
 from server.validation import InvalidRequest
+
+
+WEB_DIR = Path(__file__).resolve().parents[1] / "clients" / "web" / "dist"
+# The page's files, and only these, are served: nothing else under the directory leaks.
+WEB_FILES = ("index.html", "app.js", "app.js.map", "style.css")
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
@@ -34,14 +42,17 @@ class HttpSide:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, listen: str) -> int:
+    async def start(self, listen: str, ssl_context: ssl.SSLContext | None = None) -> int:
         app = web.Application()
         app.router.add_get("/health", self._health_check)
         app.router.add_get("/v1/download/{job_id}/file", self._file)
+        app.router.add_get("/", self._page)
+        for name in WEB_FILES:
+            app.router.add_get(f"/{name}", self._page)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = listen.rsplit(":", 1)
-        site = web.TCPSite(self._runner, host, int(port))
+        site = web.TCPSite(self._runner, host, int(port), ssl_context=ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.port
@@ -49,6 +60,13 @@ class HttpSide:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        path = WEB_DIR / (request.path.lstrip("/") or "index.html")
+        if not path.is_file():
+            return web.Response(status=404, text="The web page is not built: run `make web` (make run does).\n")
+        # The page is small and changes with each build: browsers revalidate it every time.
+        return web.FileResponse(path, headers={"cache-control": "no-cache"})
 
     async def _health_check(self, request: web.Request) -> web.Response:
         healthy = self._health.healthy
@@ -73,5 +91,5 @@ class HttpSide:
                 },
             )
         result = json.loads(job[F.RESULT])
-        url, _ = self._presigner.url(result["key"], result["file_name"])
+        url, _ = self._presigner.url(result["key"], result["file_name"], int(job.get(F.EXPIRE_MS) or 0))
         raise web.HTTPFound(url)

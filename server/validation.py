@@ -98,3 +98,36 @@ def page(request: pb.ListDownloadsRequest) -> tuple[int, str]:
     if violations:
         raise InvalidRequest(violations)
     return request.page_size or DEFAULT_PAGE_SIZE, request.page_token
+
+
+OPERATIONS_COLLECTION = "operations"
+MAX_WAIT_S = 300.0
+DEFAULT_WAIT_S = 30.0
+
+
+def operation_name(value: str) -> str:
+    """The job id inside an operation name `operations/{job_id}`."""
+    prefix = OPERATIONS_COLLECTION + "/"
+    if not value.startswith(prefix):
+        what = "is required" if not value else f"must be operations/{{job_id}}, got {_shown(value)}"
+        raise InvalidRequest([("name", what)])
+    return job_id(value[len(prefix):], field="name")
+
+
+def operations_collection(name: str, filter_: str) -> None:
+    violations: list[tuple[str, str]] = []
+    if name not in ("", OPERATIONS_COLLECTION):
+        violations.append(("name", f"the only collection is {OPERATIONS_COLLECTION!r}, got {_shown(name)}"))
+    if filter_:
+        violations.append(("filter", "filters are not supported; leave it empty"))
+    if violations:
+        raise InvalidRequest(violations)
+
+
+def wait_timeout(has_timeout: bool, seconds: float) -> float:
+    """WaitOperation's wait: the one asked for, capped so proxies on the way do not cut the call."""
+    if not has_timeout:
+        return DEFAULT_WAIT_S
+    if seconds < 0:
+        raise InvalidRequest([("timeout", f"must not be negative, got {seconds} s")])
+    return min(seconds, MAX_WAIT_S)

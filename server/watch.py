@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from jobs.errors import JobNotFound
 from jobs.keys import Keys
 from jobs.model import F, TERMINAL_STATES, EventType, State
 from jobs.store import Fields, JobStore
@@ -153,7 +154,10 @@ async def follow(
             try:
                 item = await asyncio.wait_for(inbox.get(), heartbeat_s)
             except TimeoutError:
-                if await store.latest_seq(job_id) <= last:
+                latest = await store.latest_seq(job_id)
+                if not latest:
+                    raise JobNotFound(job_id)  # forgotten (DeleteOperation) while watched
+                if latest <= last:
                     yield Update("HEARTBEAT", last, None)
                     continue
                 item = RESYNC  # a notification was lost; the history has it

@@ -24,6 +24,7 @@ from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore, finish_fields
 from worker.failures import retry_delay_ms, transient_code
+from worker.housekeeping import Housekeeper
 from worker.pipeline import PermanentJobError, build_archive
 from worker.progress import Progress
 
@@ -50,6 +51,7 @@ class WorkerRunner:
         self._s3: Any = None
         self._worker: Any = None
         self._cancel_listener: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._s3 = await self._exit_stack.enter_async_context(
@@ -58,6 +60,8 @@ class WorkerRunner:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self._store.keys.cancel_channel)
         self._cancel_listener = asyncio.create_task(self._listen_for_cancels(pubsub))
+        housekeeper = Housekeeper(self.settings, self._redis, self._store, self._queue, self._s3)
+        self._housekeeping = asyncio.create_task(housekeeper.run())
         self._worker = self._queue.worker(self._process, self.name)
         log.info("worker %s taking jobs from queue %r", self.name, self.settings.queue_name)
 
@@ -82,9 +86,10 @@ class WorkerRunner:
                         task.cancel()
                 await asyncio.wait([closing], timeout=0.1)
             await closing
-        if self._cancel_listener is not None:
-            self._cancel_listener.cancel()
-            await asyncio.gather(self._cancel_listener, return_exceptions=True)
+        background = [task for task in (self._cancel_listener, self._housekeeping) if task is not None]
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await self._queue.close()
         await self._exit_stack.aclose()
         await self._redis.aclose()
@@ -104,7 +109,8 @@ class WorkerRunner:
             )
             await self._finish(job_id, run_token, State.FAILED, message, {"code": "TOO_MANY_ATTEMPTS", "retryable": True})
             return
-        task = asyncio.create_task(self._run(job_id, run_token, attempt))
+        file_ids = json.loads(record[F.FILE_IDS])
+        task = asyncio.create_task(self._run(job_id, run_token, attempt, file_ids))
         self._running[job_id] = task
         try:
             retry_in_ms = await asyncio.wait_for(task, self.settings.attempt_timeout_s)
@@ -126,13 +132,12 @@ class WorkerRunner:
             await queue_job.moveToDelayed(int(time.time() * 1000) + retry_in_ms, queue_token)
             raise DelayedError()
 
-    async def _run(self, job_id: str, token: str, attempt: int) -> int | None:
+    async def _run(self, job_id: str, token: str, attempt: int, file_ids: list[int]) -> int | None:
         """Runs one attempt; returns the delay before the next attempt, or None when done."""
         s = self.settings
         paced_s = random.uniform(s.delay_min_ms, s.delay_max_ms) / 1000
         progress = Progress(self._store, job_id, token, paced_s)
         try:
-            file_ids = await self._store.file_ids(job_id)
             result = await build_archive(self._s3, s, job_id, file_ids, progress)
         except RunSuperseded as superseded:
             log.info("%s", superseded)

@@ -1,10 +1,12 @@
 -- Applies one change to a live job, appends it to the job's history and publishes it, atomically.
 -- A finished job never changes again, and a run whose token is stale (the job was taken over by
 -- another worker) cannot write: that is what makes the result exactly-once.
--- KEYS: job, events, tombstone
+-- A job that ends schedules the deletion of its artifact (whether or not one was written: a
+-- superseded run may still finish an upload) for when the job expires.
+-- KEYS: job, events, tombstone, sweep
 -- ARGV: now_ms, history_len, channel, event_type, expect_token ("" = any), claim_token ("" = none),
---       job_ttl_s, tombstone_ttl_s, job_id, field, value, ...
--- Returns {"ok", seq, payload} | {"missing"} | {"finished", state} | {"fenced"}
+--       job_ttl_s, tombstone_ttl_s, job_id, artifact_key, field, value, ...
+-- Returns {"ok", seq, payload[, file_ids on a claim]} | {"missing"} | {"finished", state} | {"fenced"}
 local terminal = {COMPLETED = true, FAILED = true, CANCELLED = true}
 local state = redis.call("HGET", KEYS[1], "state")
 if not state then return {"missing"} end
@@ -16,7 +18,7 @@ end
 
 local fields = {"updated_ms", ARGV[1]}
 local new_state = nil
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if ARGV[i] == "state" then new_state = ARGV[i + 1] end
@@ -44,5 +46,10 @@ if new_state and terminal[new_state] then
   redis.call("EXPIRE", KEYS[1], ARGV[7])
   redis.call("EXPIRE", KEYS[2], ARGV[7])
   redis.call("SET", KEYS[3], new_state, "EX", ARGV[8])
+  redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, ARGV[10])
+end
+if claim_token ~= "" then
+  -- The claiming worker needs the file ids next: saves it a round trip.
+  return {"ok", seq, payload, redis.call("HGET", KEYS[1], "file_ids")}
 end
 return {"ok", seq, payload}

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -92,6 +93,10 @@ def test_the_banner_says_where_to_connect(running_stack) -> None:
     assert f"127.0.0.1:{ports['envoy']}" in banner
     assert f"127.0.0.1:{ports['grpc']}" in banner
     assert "started here" in banner  # its own Redis and SeaweedFS
+    page_url = f"http://127.0.0.1:{ports['envoy']}/"
+    assert page_url in banner
+    with urllib.request.urlopen(page_url, timeout=10) as reply:
+        assert "<title>Longhaul downloads</title>" in reply.read().decode()
 
 
 def test_reflection_and_health_through_envoy(running_stack) -> None:
@@ -99,7 +104,7 @@ def test_reflection_and_health_through_envoy(running_stack) -> None:
     listed = subprocess.run(
         [str(GRPCURL), "-plaintext", f"127.0.0.1:{ports['envoy']}", "list"], capture_output=True, text=True, timeout=30
     )
-    assert "longhaul.download.v1.DownloadService" in listed.stdout.split()
+    assert {"longhaul.download.v1.DownloadService", "google.longrunning.Operations"} <= set(listed.stdout.split())
     health = subprocess.run(
         [str(GRPCURL), "-plaintext", "-d", '{"service": "longhaul.download.v1.DownloadService"}',
          f"127.0.0.1:{ports['envoy']}", "grpc.health.v1.Health/Check"],

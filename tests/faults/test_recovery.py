@@ -15,7 +15,7 @@ from devstack.services import python_process, start_seaweedfs
 from jobs.connections import s3_client_kwargs, s3_session
 from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import SMALL_IDS
-from tests.helpers import check_archive, initiate, wait_done
+from tests.helpers import check_archive, initiate, wait_done, watch_all
 
 # Short locks so a dead worker's job moves on in about 3 s instead of about 15 s.
 FAST_RECOVERY = {"lock_ms": 2_000, "stalled_check_ms": 1_000, "shutdown_grace_s": 0.5}
@@ -98,6 +98,43 @@ async def test_sigterm_hands_a_running_job_to_another_worker_at_once(make_stack,
         assert done.state == pb.JOB_STATE_COMPLETED and done.attempts == 2
         check_archive(done, SMALL_IDS[:3])
     finally:
+        second.stop()
+
+
+async def test_a_presumed_dead_worker_that_wakes_up_changes_nothing(make_stack, work_dir) -> None:
+    # SIGSTOP freezes the first worker mid-job (a long GC pause, a frozen VM): its lock lapses and
+    # the second worker runs the job to the end. Then the first one wakes up and carries on.
+    stack = await make_stack(workers=0, delay_min_ms=3_000, delay_max_ms=3_000, **FAST_RECOVERY)
+    first = start_worker(stack, work_dir, "sleeper")
+    job = await initiate(stack.stub, SMALL_IDS[:4])
+    await wait_running_on(stack, job.job_id)
+    first.signal(signal.SIGSTOP)
+    second = start_worker(stack, work_dir, "second")
+    try:
+        await wait_running_on(stack, job.job_id, not_on="sleeper")
+        done = await wait_done(stack.stub, job.job_id)
+        assert done.state == pb.JOB_STATE_COMPLETED and done.worker == "second"
+
+        first.signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while "this run no longer owns the job" not in first.tail() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert "this run no longer owns the job" in first.tail(), "the woken run was fenced off"
+        assert first.alive(), "a superseded run is no reason for the worker to die"
+
+        after = (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job
+        assert (after.seq, after.result.sha256) == (done.seq, done.result.sha256), "the result was written once"
+        history = await watch_all(stack.stub, job.job_id, after_seq=1)  # the whole history
+        completions = [m for m in history if m.type == pb.EVENT_TYPE_STATE_CHANGED and m.job.state == pb.JOB_STATE_COMPLETED]
+        assert len(completions) == 1
+        check_archive(after, SMALL_IDS[:4])
+        s = stack.settings
+        async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
+            uploads = await s3.list_multipart_uploads(Bucket=s.artifact_bucket, Prefix=f"jobs/{job.job_id}/")
+        assert uploads.get("Uploads", []) == [], "the woken run aborted its partial upload"
+    finally:
+        first.signal(signal.SIGCONT)
+        first.stop()
         second.stop()
 
 

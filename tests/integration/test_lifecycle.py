@@ -11,8 +11,11 @@ import pytest
 
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
 from jobs.keys import Keys
+from jobs.model import F
+from jobs.storage import artifact_key
+from jobs.store import JobStore
 from longhaul.download.v1 import download_pb2 as pb
-from tests.conftest import SMALL_IDS
+from tests.conftest import MISSING_IDS, SMALL_IDS
 from tests.helpers import check_archive, initiate, wait_done, watch_all
 
 # Long enough that the job is certainly still running when the test acts on it.
@@ -230,15 +233,74 @@ async def test_server_shutdown_ends_streams_with_unavailable_and_the_seq_to_resu
 # -- retention --------------------------------------------------------------------------------------
 
 
-async def test_finished_jobs_expire_and_then_read_expired(make_stack) -> None:
-    stack = await make_stack(job_ttl_s=1)
+async def test_finished_jobs_expire_and_their_artifacts_are_deleted(make_stack) -> None:
+    stack = await make_stack(job_ttl_s=1, housekeeping_interval_s=0.2)
     job = await initiate(stack.stub, SMALL_IDS[:1])
+    # A failed job whose superseded run still finished an upload: an orphan to clean up too.
+    orphan = await initiate(stack.stub, MISSING_IDS)
+    assert (await wait_done(stack.stub, orphan.job_id)).state == pb.JOB_STATE_FAILED
     done = await wait_done(stack.stub, job.job_id)
     assert done.expire_time.ToMilliseconds() - done.finish_time.ToMilliseconds() == 1000
-    await asyncio.sleep(1.3)
-    status = (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job
-    assert status.state == pb.JOB_STATE_EXPIRED
-    messages = await watch_all(stack.stub, job.job_id)
-    assert [m.job.state for m in messages] == [pb.JOB_STATE_EXPIRED]
-    listed = await stack.stub.ListDownloads(pb.ListDownloadsRequest())
-    assert [(j.job_id, j.state) for j in listed.jobs] == [(job.job_id, pb.JOB_STATE_EXPIRED)]
+    assert done.result.url_expire_time.ToMilliseconds() <= done.expire_time.ToMilliseconds() + 1000, (
+        "a download URL never outlives the artifact"
+    )
+    s = stack.settings
+    async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
+        await s3.put_object(Bucket=s.artifact_bucket, Key=artifact_key(orphan.job_id), Body=b"late upload")
+        await s3.head_object(Bucket=s.artifact_bucket, Key=artifact_key(job.job_id))
+        await asyncio.sleep(1.3)
+        status = (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job
+        assert status.state == pb.JOB_STATE_EXPIRED
+        messages = await watch_all(stack.stub, job.job_id)
+        assert [m.job.state for m in messages] == [pb.JOB_STATE_EXPIRED]
+        listed = await stack.stub.ListDownloads(pb.ListDownloadsRequest())
+        assert {(j.job_id, j.state) for j in listed.jobs} == {
+            (job.job_id, pb.JOB_STATE_EXPIRED), (orphan.job_id, pb.JOB_STATE_EXPIRED)
+        }
+        deadline = time.monotonic() + 10
+        left = await artifacts(s3, s.artifact_bucket, [job.job_id, orphan.job_id])
+        while left and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            left = await artifacts(s3, s.artifact_bucket, [job.job_id, orphan.job_id])
+        assert not left, f"expired artifacts still in S3: {left}"
+    async with redis_client(s) as redis:
+        assert await redis.zcard(Keys(s.redis_prefix).sweep) == 0, "nothing left scheduled"
+
+
+async def artifacts(s3, bucket: str, job_ids: list[str]) -> list[str]:  # noqa: ANN001
+    reply = await s3.list_objects_v2(Bucket=bucket, Prefix="jobs/")
+    keys = {o["Key"] for o in reply.get("Contents", [])}
+    return [artifact_key(j) for j in job_ids if artifact_key(j) in keys]
+
+
+async def test_a_job_stranded_before_its_enqueue_is_enqueued_by_housekeeping(make_stack) -> None:
+    # The server wrote the job and died before enqueueing it: only the record exists.
+    stack = await make_stack(workers=0, housekeeping_interval_s=0.2, enqueue_grace_s=0.5)
+    async with redis_client(stack.settings) as redis:
+        fields, _ = await JobStore(redis, stack.settings).create(SMALL_IDS[:2])
+    await stack.add_worker()
+    done = await wait_done(stack.stub, fields[F.ID], timeout_s=15)
+    assert done.state == pb.JOB_STATE_COMPLETED, done
+    check_archive(done, SMALL_IDS[:2])
+
+
+async def test_a_burst_of_thousands_of_watchers_all_get_their_snapshot(stack) -> None:  # noqa: ANN001
+    # More new calls at once than gRPC's default pending-call limits (1,000 / 3,000), as after a
+    # server restart when every client reconnects: none may be cancelled.
+    count = 3_500
+    async with redis_client(stack.settings) as redis:
+        store = JobStore(redis, stack.settings)
+        job_ids = []
+        for start in range(0, count, 500):
+            created = await asyncio.gather(*(store.create(SMALL_IDS[:1]) for _ in range(500)))
+            job_ids += [fields[F.ID] for fields, _ in created]
+
+    async def snapshot(job_id: str) -> int:
+        call = stack.stub.WatchProgress(pb.WatchProgressRequest(job_id=job_id), timeout=60)
+        message = await call.read()
+        call.cancel()
+        return message.type
+
+    types = await asyncio.gather(*(snapshot(j) for j in job_ids), return_exceptions=True)
+    failures = [t for t in types if t != pb.EVENT_TYPE_SNAPSHOT]
+    assert not failures, f"{len(failures)} of {count} watches failed, e.g. {failures[0]}"

@@ -10,7 +10,9 @@ import pytest
 from jobs.connections import redis_client
 from jobs.errors import JobNotFound, RunSuperseded
 from jobs.model import F, EventType, State
-from jobs.store import JobStore, finish_fields
+from jobs.schedule import Schedule
+from jobs.storage import artifact_key
+from jobs.store import JobStore, finish_fields, now_ms
 
 
 @pytest.fixture
@@ -79,13 +81,31 @@ async def test_finished_records_and_histories_get_a_ttl(store) -> None:
     assert 0 < await redis.ttl(store.keys.job(job_id)) <= ttl
     assert 0 < await redis.ttl(store.keys.events(job_id)) <= ttl
     assert await redis.ttl(store.keys.tombstone(job_id)) > ttl
+    # ...and its artifact (if any) is scheduled for deletion when the record expires.
+    deleted_at = await redis.zscore(store.keys.sweep, artifact_key(job_id))
+    assert abs(deleted_at - (now_ms() + ttl * 1000)) < 5_000
 
 
 async def test_discard_removes_every_trace(store) -> None:
     fields, _ = await store.create([70000], request_id="r-1")
+    assert await store.redis.zscore(store.keys.outbox, fields[F.ID]), "a new job waits in the outbox"
     await store.discard(fields[F.ID], "r-1")
+    assert await store.redis.zcard(store.keys.outbox) == 0
     with pytest.raises(JobNotFound):
         await store.get(fields[F.ID])
     again, created = await store.create([70000], request_id="r-1")
     assert created and again[F.ID] != fields[F.ID]
     assert [j[F.ID] for j in (await store.list(10))[0]] == [again[F.ID]]
+
+
+async def test_a_schedule_leases_each_due_chore_to_one_taker_until_done(store) -> None:
+    schedule = Schedule(store.redis, store.keys.sweep)
+    await store.redis.zadd(store.keys.sweep, {"a": 100, "b": 200, "later": 10_000})
+    assert sorted(await schedule.claim_due(500, 10, lease_ms=1_000)) == ["a", "b"]
+    assert await schedule.claim_due(600, 10, lease_ms=1_000) == [], "leased chores are not handed out twice"
+    await schedule.done(["a"])
+    # The taker of "b" died without finishing: it falls due again when its lease ends.
+    assert await schedule.claim_due(1_500, 10, lease_ms=1_000) == ["b"]
+    await schedule.done(["b"])
+    await store.redis.zadd(store.keys.sweep, {"also-later": 10_001})
+    assert await schedule.claim_due(20_000, 1, lease_ms=1_000) == ["later"], "at most `limit` at a time"

@@ -1,0 +1,74 @@
+"""`python -m bench` (make bench): every benchmark against a throwaway stack, one table at the end.
+
+    --smoke   tiny sizes and short runs (seconds): checks the harness works, figures mean little
+    --only    run only the named benchmarks (e.g. --only unary notify)
+    --json    also write the rows to this file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench import idle, notify, polling, queue, transfer, unary
+from bench.env import BenchEnv, bench_env
+from bench.report import Row, table
+
+
+@dataclass(frozen=True)
+class Sizes:
+    duration_s: float
+    watched_jobs: int
+    idle_streams: int
+    start_samples: int
+    queue_jobs: int
+    small_mb: int
+    large_mb: int
+
+
+FULL = Sizes(5.0, watched_jobs=1_000, idle_streams=10_000, start_samples=100, queue_jobs=3_000, small_mb=10, large_mb=1_000)
+SMOKE = Sizes(0.5, watched_jobs=20, idle_streams=40, start_samples=5, queue_jobs=50, small_mb=1, large_mb=20)
+
+BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {
+    "unary": lambda env, sizes: unary.run(env, sizes.duration_s),
+    "notify": lambda env, sizes: notify.run(env, sizes.watched_jobs, sizes.duration_s),
+    "idle": lambda env, sizes: idle.run(env, sizes.idle_streams),
+    "queue": lambda env, sizes: queue.run(env, sizes.start_samples, sizes.queue_jobs),
+    "transfer": lambda env, sizes: transfer.run(env, sizes.small_mb, sizes.large_mb),
+    "polling": lambda env, sizes: polling.run(),
+}
+
+
+def machine() -> str:
+    return f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS))
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    rows: list[Row] = []
+    for name in args.only or BENCHMARKS:
+        started = time.monotonic()
+        with bench_env() as env:
+            rows += BENCHMARKS[name](env, sizes)
+        print(f"[{name}: {time.monotonic() - started:.0f} s]", file=sys.stderr, flush=True)
+    print(f"Longhaul benchmarks{' (smoke run)' if args.smoke else ''} on {machine()}")
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"machine": machine(), "smoke": args.smoke, "rows": [r.as_dict() for r in rows]}, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

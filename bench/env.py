@@ -1,0 +1,100 @@
+"""A throwaway stack for benchmarks: its own Redis and SeaweedFS on free loopback ports, and the
+server, workers and Envoy as separate processes, as in production. Nothing is shared with a running
+`make run` or with the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.processes import ManagedProcess, free_port, port_open
+from devstack.services import envoy_config, python_process, start_envoy, start_redis, start_seaweedfs
+from jobs.settings import Settings
+
+
+@dataclass
+class BenchEnv:
+    settings: Settings
+    work: Path
+    processes: list[ManagedProcess] = field(default_factory=list)
+    redis_proc: ManagedProcess | None = None
+
+    @property
+    def logs(self) -> Path:
+        return self.work / "logs"
+
+    def start_server(self, **changes: object) -> tuple[ManagedProcess, str]:
+        """A server process; returns it and its gRPC address."""
+        grpc_port, http_port = free_port(), free_port()
+        own = self.settings.replace(grpc_listen=f"127.0.0.1:{grpc_port}", http_listen=f"127.0.0.1:{http_port}", **changes)
+        proc = python_process(f"bench-server-{grpc_port}", "server", own.to_env(), self.logs)
+        proc.wait_until(lambda: port_open(grpc_port) and port_open(http_port), 30, "serving")
+        self.processes.append(proc)
+        wait_serving(f"127.0.0.1:{grpc_port}")
+        return proc, f"127.0.0.1:{grpc_port}"
+
+    def start_envoy(self, server_address: str) -> str:
+        """Envoy (the repository's envoy.yaml) in front of one server; returns its address."""
+        grpc_port = int(server_address.rsplit(":", 1)[1])
+        port, admin = free_port(), free_port()
+        proc = start_envoy(envoy_config(port, admin, [(grpc_port, free_port())]), self.work / "envoy", self.logs)
+        self.processes.append(proc)
+        wait_serving(f"127.0.0.1:{port}")
+        return f"127.0.0.1:{port}"
+
+    def start_worker(self, name: str = "worker", module: str = "worker", **changes: object) -> ManagedProcess:
+        env = self.settings.replace(worker_name=name, **changes).to_env()
+        proc = python_process(f"bench-{name}", module, env, self.logs)
+        self.processes.append(proc)
+        return proc
+
+    def stop(self, proc: ManagedProcess) -> None:
+        proc.stop()
+        self.processes.remove(proc)
+
+
+def wait_serving(address: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def bench_env(**changes: object) -> Iterator[BenchEnv]:
+    with tempfile.TemporaryDirectory(prefix="longhaul-bench-") as tmp:
+        work = Path(tmp)
+        redis_port, s3_port = free_port(), free_port(also_free=(10000,))
+        redis = start_redis(redis_port, work / "redis", work / "logs")
+        settings = Settings(
+            redis_url=f"redis://127.0.0.1:{redis_port}/0",
+            s3_endpoint=f"http://127.0.0.1:{s3_port}",
+            delay_min_ms=0,
+            delay_max_ms=0,
+        ).replace(**changes)
+        s3 = start_seaweedfs(
+            work / "s3", work / "logs", s3_port, settings.s3_access_key_id, settings.s3_secret_access_key,
+            [settings.source_bucket, settings.artifact_bucket],
+        )
+        env = BenchEnv(settings, work, redis_proc=redis)
+        try:
+            yield env
+        finally:
+            for proc in reversed(env.processes):
+                proc.stop()
+            s3.stop()
+            redis.stop()

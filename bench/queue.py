@@ -1,0 +1,115 @@
+"""The work queue: how soon an idle worker starts a new job, and how many trivial jobs one worker
+process gets through per second against bullmq's own no-op rate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+from bench.env import BenchEnv
+from bench.report import Row, median, percentile
+from devstack.seed import seed_sources
+from jobs.connections import redis_client, s3_client_kwargs, s3_session
+from jobs.model import F, Priority
+from jobs.queue import JobQueue
+from jobs.store import JobStore
+
+
+
+class EventTap:
+    """Every job event as it is published, with the time it arrived here."""
+
+    def __init__(self, redis, channel: str) -> None:  # noqa: ANN001
+        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self._channel = channel
+        self.events: asyncio.Queue[tuple[float, dict]] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> EventTap:
+        await self._pubsub.subscribe(self._channel)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._pubsub.aclose()
+
+    async def _read(self) -> None:
+        async for message in self._pubsub.listen():
+            self.events.put_nowait((time.perf_counter(), json.loads(message["data"].split("\n", 1)[1])))
+
+    async def until(self, job_id: str, state: str) -> float:
+        while True:
+            at, event = await asyncio.wait_for(self.events.get(), 30)
+            if event[F.ID] == job_id and event[F.STATE] == state:
+                return at
+
+
+async def _start_latency(env: BenchEnv, samples: int) -> list[float]:
+    async with s3_session().client("s3", **s3_client_kwargs(env.settings)) as s3:
+        await seed_sources(s3, env.settings, [70_000])
+    async with redis_client(env.settings) as redis:
+        store, queue = JobStore(redis, env.settings), JobQueue(env.settings)
+        latencies = []
+        try:
+            async with EventTap(redis, store.keys.events_channel) as tap:
+                for _ in range(samples + 3):  # the first few warm the worker up
+                    fields, _ = await store.create([70_000])
+                    sent = time.perf_counter()
+                    await queue.enqueue(fields[F.ID], Priority.NORMAL)
+                    latencies.append(await tap.until(fields[F.ID], "RUNNING") - sent)
+                    await tap.until(fields[F.ID], "COMPLETED")  # idle again before the next
+        finally:
+            await queue.close()
+    return latencies[3:]
+
+
+async def _noop_rate(env: BenchEnv, count: int) -> float:
+    async with redis_client(env.settings) as redis:
+        store, queue = JobStore(redis, env.settings), JobQueue(env.settings)
+        job_ids = []
+        for start in range(0, count, 500):
+            batch = await asyncio.gather(*(store.create([70_000]) for _ in range(min(500, count - start))))
+            job_ids += [fields[F.ID] for fields, _ in batch]
+            await asyncio.gather(*(queue.enqueue(f[F.ID], Priority.NORMAL) for f, _ in batch))
+        await queue.close()
+        async with EventTap(redis, store.keys.events_channel) as tap:
+            env.start_worker("noop", module="bench.noop_worker")
+            first = last = None
+            finished = 0
+            while finished < count:
+                at, event = await asyncio.wait_for(tap.events.get(), 60)
+                if event[F.STATE] == "RUNNING" and first is None:
+                    first = at
+                elif event[F.STATE] == "COMPLETED":
+                    finished, last = finished + 1, at
+    assert first is not None and last is not None
+    return count / (last - first)
+
+
+def _bullmq_rate(env: BenchEnv, count: int) -> float:
+    s = env.settings
+    argv = [sys.executable, "-m", "bench.bullmq_noop", s.redis_url, "bench-baseline", "noop", str(count), str(s.worker_concurrency)]
+    reply = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(reply.stdout)["jobs_per_s"]
+
+
+def run(env: BenchEnv, samples: int, jobs: int) -> list[Row]:
+    worker = env.start_worker("idle")
+    time.sleep(2)  # connected and idle
+    latencies = asyncio.run(_start_latency(env, samples))
+    env.stop(worker)
+    ours = asyncio.run(_noop_rate(env, jobs))
+    baseline = _bullmq_rate(env, jobs)
+    p50 = median(latencies) * 1000
+    return [
+        Row(f"enqueue -> job RUNNING on an idle worker ({samples} jobs)",
+            f"p50 {p50:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms", "", "", "p50 < 5 ms", p50 < 5),
+        Row(f"trivial jobs/s, one worker process ({jobs:,} jobs, concurrency {env.settings.worker_concurrency})",
+            f"{ours:,.0f}/s", f"bullmq no-op {baseline:,.0f}/s", f"{ours / baseline:.0%}", ">= 50 %", ours / baseline >= 0.5),
+    ]

@@ -1,0 +1,117 @@
+"""Moving bytes: archive + upload throughput of a worker against a raw aioboto3 multipart upload of
+the same number of bytes to the same S3 server, and the worker's peak memory for a small and a large
+archive (each built by a fresh worker process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+from bench.env import BenchEnv
+from bench.report import Row
+from jobs.connections import redis_client, s3_client_kwargs, s3_session
+from jobs.model import F, Priority, State
+from jobs.queue import JobQueue
+from jobs.settings import Settings
+from jobs.store import JobStore
+
+CHUNK = 8 * 1024 * 1024
+SOURCE_MB = 100  # a large archive is made of sources this big
+
+
+async def put_sized(s3, settings: Settings, file_id: int, size: int) -> None:  # noqa: ANN001
+    """A source object of `size` random bytes, uploaded in parts so this process stays small."""
+    key = f"{settings.source_prefix}{file_id}.zip"
+    upload = await s3.create_multipart_upload(Bucket=settings.source_bucket, Key=key)
+    parts, number, left, block = [], 1, size, os.urandom(CHUNK)
+    while left > 0:
+        body = block[: min(CHUNK, left)]
+        reply = await s3.upload_part(
+            Bucket=settings.source_bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number, Body=body
+        )
+        parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+        number, left = number + 1, left - len(body)
+    await s3.complete_multipart_upload(
+        Bucket=settings.source_bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
+    )
+
+
+async def raw_upload_s(settings: Settings, size: int) -> float:
+    """Seconds for a plain multipart upload of `size` bytes: same part size, two parts in flight."""
+    block = os.urandom(settings.upload_part_size)
+    async with s3_session().client("s3", **s3_client_kwargs(settings)) as s3:
+        started = time.monotonic()
+        upload = await s3.create_multipart_upload(Bucket=settings.artifact_bucket, Key="bench/raw")
+        slots = asyncio.Semaphore(2)
+
+        async def part(number: int, length: int) -> dict:
+            async with slots:
+                reply = await s3.upload_part(
+                    Bucket=settings.artifact_bucket, Key="bench/raw", UploadId=upload["UploadId"],
+                    PartNumber=number, Body=block[:length],
+                )
+                return {"PartNumber": number, "ETag": reply["ETag"]}
+
+        sizes = [min(settings.upload_part_size, size - offset) for offset in range(0, size, settings.upload_part_size)]
+        parts = await asyncio.gather(*(part(i + 1, n) for i, n in enumerate(sizes)))
+        await s3.complete_multipart_upload(
+            Bucket=settings.artifact_bucket, Key="bench/raw", UploadId=upload["UploadId"],
+            MultipartUpload={"Parts": list(parts)},
+        )
+        return time.monotonic() - started
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+async def run_job(env: BenchEnv, file_ids: list[int]) -> tuple[float, float, int]:
+    """(peak RSS MB of a fresh worker that ran the job, seconds, archive bytes)."""
+    worker = env.start_worker("transfer", worker_concurrency=1)
+    async with redis_client(env.settings) as redis:
+        store, queue = JobStore(redis, env.settings), JobQueue(env.settings)
+        try:
+            await asyncio.sleep(1.5)  # settled, before its peak matters
+            fields, _ = await store.create(file_ids)
+            started = time.monotonic()
+            await queue.enqueue(fields[F.ID], Priority.NORMAL)
+            while (record := await store.get(fields[F.ID]))[F.STATE] not in (State.COMPLETED, State.FAILED):
+                await asyncio.sleep(0.05)
+            elapsed = time.monotonic() - started
+            assert record[F.STATE] == State.COMPLETED, record
+            return peak_rss_mb(worker.pid), elapsed, json.loads(record[F.RESULT])["size_bytes"]
+        finally:
+            await queue.close()
+            env.stop(worker)
+
+
+def run(env: BenchEnv, small_mb: int, large_mb: int) -> list[Row]:
+    s = env.settings
+    large_ids = list(range(90_000_010, 90_000_010 + max(large_mb // SOURCE_MB, 1)))
+    per_source = min(large_mb, SOURCE_MB) * 1024 * 1024
+
+    async def seed() -> None:
+        async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
+            await put_sized(s3, s, 90_000_001, small_mb * 1024 * 1024)
+            for file_id in large_ids:
+                await put_sized(s3, s, file_id, per_source)
+
+    asyncio.run(seed())
+    small_rss, _, small_size = asyncio.run(run_job(env, [90_000_001]))
+    large_rss, large_s, large_size = asyncio.run(run_job(env, large_ids))
+    raw_s = asyncio.run(raw_upload_s(s, large_size))
+    ours_mbps, raw_mbps = large_size / 2**20 / large_s, large_size / 2**20 / raw_s
+    added = large_rss - small_rss
+    return [
+        Row(f"archive + upload, {large_size / 2**20:,.0f} MB (read from S3, zipped, SHA-256, multipart)",
+            f"{ours_mbps:.0f} MB/s", f"raw multipart upload of the same bytes {raw_mbps:.0f} MB/s",
+            f"{ours_mbps / raw_mbps:.0%}", ">= 80 %", ours_mbps / raw_mbps >= 0.8),
+        Row(f"worker peak RSS, {large_size / 2**20:,.0f} MB archive vs {small_size / 2**20:,.0f} MB",
+            f"{large_rss:.0f} MB (+{added:.0f} MB)", f"{small_rss:.0f} MB", "", "+ < 50 MB for 1 GB", added < 50),
+    ]

@@ -1,0 +1,177 @@
+"""The browser page, in headless Chromium (Debian's) driven by Playwright, through a real Envoy in
+front of a server and a worker running as processes: what a person does, and what they see."""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import zipfile
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from devstack.seed import seed_content
+from jobs.connections import botocore_session, s3_client_kwargs
+from jobs.storage import source_key
+from tests.conftest import MISSING_IDS, SMALL_IDS
+from tests.gateway.conftest import start_gateway, stop_gateway
+
+# Flags that work as root on this machine kind (FACTS.md); no background traffic leaves loopback.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+IDS = " ".join(map(str, SMALL_IDS[:3]))
+
+
+@pytest.fixture(scope="module")
+def gateway(base_settings, work_dir):  # noqa: ANN001, ANN201
+    """Jobs of 4 s: long enough to watch the bar move, reload and cancel mid-job."""
+    started = start_gateway(base_settings, work_dir, delay_min_ms=4_000, delay_max_ms=4_000)
+    yield started
+    stop_gateway(started)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, gateway) -> Iterator[Page]:  # noqa: ANN001
+    context = browser.new_context(accept_downloads=True)  # fresh local storage per test
+    page = context.new_page()
+    page.goto(f"http://{gateway.address}/")
+    yield page
+    context.close()
+
+
+def start(page: Page, ids: str) -> None:
+    page.get_by_label("File ids").fill(ids)
+    page.get_by_role("button", name="Start download").click()
+
+
+def card(page: Page, index: int = 0):  # noqa: ANN201
+    return page.locator("li.download").nth(index)
+
+
+def percents_until_done(page: Page, timeout_s: float = 20) -> list[int]:
+    """The progress bar's aria-valuenow, sampled until the download is over."""
+    seen: list[int] = []
+    bar = card(page).get_by_role("progressbar")
+    for _ in range(int(timeout_s / 0.05)):
+        value = int(bar.get_attribute("aria-valuenow") or 0)
+        if not seen or seen[-1] != value:
+            seen.append(value)
+        if card(page).get_attribute("data-state") in ("COMPLETED", "FAILED", "CANCELLED"):
+            break
+        page.wait_for_timeout(50)
+    return seen
+
+
+def test_a_download_moves_to_100_percent_and_the_file_arrives(page: Page) -> None:
+    start(page, IDS)
+    expect(card(page)).to_have_count(1)
+    seen = percents_until_done(page)
+    assert seen[-1] == 100 and any(0 < p < 100 for p in seen), f"the bar moved: {seen}"
+    expect(card(page).locator(".state")).to_have_text("Completed")
+    expect(card(page).locator(".detail")).to_contain_text("3 of 3 files")
+    link = card(page).get_by_role("link", name=re.compile(r"^Download longhaul-.*\.zip"))
+    with page.expect_download() as download_info:
+        link.click()
+    data = open(download_info.value.path(), "rb").read()
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert sorted(names) == sorted(f"{i}.zip" for i in SMALL_IDS[:3])
+
+
+def test_a_reload_mid_job_brings_the_download_back_and_resumes(page: Page) -> None:
+    start(page, IDS)
+    bar = card(page).get_by_role("progressbar")
+    expect(bar).not_to_have_attribute("aria-valuenow", "0", timeout=10_000)
+    job_id = card(page).get_attribute("data-job-id")
+    saved_seq = page.evaluate("JSON.parse(localStorage.getItem('longhaul.downloads.v1'))[0].lastSeq")
+    assert int(saved_seq) > 1
+    page.reload()
+    expect(page.locator("li.download")).to_have_count(1)
+    assert card(page).get_attribute("data-job-id") == job_id
+    # Before any new event arrives, the card already shows where it was.
+    assert int(card(page).get_by_role("progressbar").get_attribute("aria-valuenow")) > 0
+    expect(card(page).locator(".state")).to_have_text("Completed", timeout=20_000)
+    expect(card(page).get_by_role("link", name=re.compile("^Download"))).to_be_visible()
+
+
+def test_several_downloads_at_once_and_cancel_one(page: Page) -> None:
+    start(page, IDS)
+    expect(page.locator("li.download")).to_have_count(1)
+    start(page, " ".join(map(str, SMALL_IDS[3:5])))
+    expect(page.locator("li.download")).to_have_count(2)
+    newest = card(page, 0)
+    newest.get_by_role("button", name="Cancel").click()
+    expect(newest.locator(".state")).to_have_text("Cancelled")
+    expect(newest.get_by_role("button", name="Retry")).to_be_visible()
+    expect(card(page, 1).locator(".state")).to_have_text("Completed", timeout=20_000)
+    expect(newest.locator(".state")).to_have_text("Cancelled")
+
+
+def test_a_failure_shows_retry_and_retry_works(page: Page, gateway) -> None:  # noqa: ANN001
+    file_id = 80_000_000 + random.randrange(1_000_000)  # not in S3 yet
+    start(page, str(file_id))
+    expect(card(page).locator(".state")).to_have_text("Failed", timeout=20_000)
+    expect(card(page).locator(".message")).to_contain_text("ALL_FILES_MISSING")
+    failed_id = card(page).get_attribute("data-job-id")
+
+    # The file turns up; trying again now succeeds. (Playwright's sync API owns this thread's event
+    # loop, hence a blocking S3 client.)
+    s = gateway.settings
+    s3 = botocore_session().create_client("s3", **s3_client_kwargs(s))
+    s3.put_object(Bucket=s.source_bucket, Key=source_key(s, file_id), Body=seed_content(file_id))
+    card(page).get_by_role("button", name="Retry").click()
+    # The retry is a new job, in place of the failed one.
+    expect(card(page)).not_to_have_attribute("data-job-id", failed_id)
+    expect(page.locator("li.download")).to_have_count(1)
+    expect(card(page).locator(".state")).to_have_text("Completed", timeout=20_000)
+
+
+def test_bad_input_is_explained(page: Page) -> None:
+    start(page, "abc")
+    expect(page.get_by_role("alert")).to_contain_text("Enter one or more file ids")
+    start(page, "5")
+    expect(page.get_by_role("alert")).to_contain_text("file_ids[0]: 5 is out of range")
+    expect(page.locator("li.download")).to_have_count(0)
+    page.get_by_label("File ids").fill(f"{SMALL_IDS[0]} {MISSING_IDS[0]}")
+    page.get_by_role("button", name="Check availability").click()
+    checks = page.get_by_role("list", name="Availability of the files")
+    expect(checks).to_contain_text(f"{SMALL_IDS[0]}: available")
+    expect(checks).to_contain_text(f"{MISSING_IDS[0]}: not found")
+
+
+def test_a_dropped_stream_reconnects_by_itself(page: Page, gateway) -> None:  # noqa: ANN001
+    start(page, IDS)
+    expect(card(page).get_by_role("progressbar")).not_to_have_attribute("aria-valuenow", "0", timeout=10_000)
+    gateway.envoy.kill()
+    expect(card(page).locator(".message")).to_contain_text("reconnecting", timeout=10_000)
+    gateway.envoy.start()
+    expect(card(page).locator(".state")).to_have_text("Completed", timeout=30_000)
+
+
+def test_readable_on_a_phone_and_usable_by_keyboard(browser: Browser, gateway) -> None:  # noqa: ANN001
+    context = browser.new_context(viewport={"width": 375, "height": 667}, is_mobile=True)
+    page = context.new_page()
+    page.goto(f"http://{gateway.address}/")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("File ids")).to_be_focused()
+    page.keyboard.type(str(SMALL_IDS[0]))
+    page.keyboard.press("Enter")
+    bar = card(page).get_by_role("progressbar")
+    expect(bar).to_have_attribute("aria-valuemin", "0")
+    expect(bar).to_have_attribute("aria-valuemax", "100")
+    expect(bar).to_have_attribute("aria-label", re.compile(str(SMALL_IDS[0])))
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "no sideways scrolling"
+    expect(card(page).locator(".state")).to_have_text("Completed", timeout=20_000)
+    page.screenshot(path=str(gateway.worker.log_path.parent / "page-phone.png"), full_page=True)
+    context.close()

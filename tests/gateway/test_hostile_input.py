@@ -1,0 +1,121 @@
+"""Random and malformed requests, thrown by hypothesis at the gRPC API (directly) and at the REST
+gateway (through Envoy): every answer is a success or a client error with a message, never a
+server error, and a refused request leaves no job behind."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import grpc
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobs.keys import Keys
+from longhaul.download.v1 import download_pb2 as pb
+from tests.web_clients import rest
+
+CLIENT_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
+}
+SERVICE = "/longhaul.download.v1.DownloadService"
+EXAMPLES = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+int64 = st.integers(-(2**63), 2**63 - 1)
+int32 = st.integers(-(2**31), 2**31 - 1)
+text = st.text(max_size=150)
+uuid_like = st.uuids().map(str)
+ids = st.one_of(st.lists(int64, max_size=20), st.lists(st.integers(9_990, 100_000_010), min_size=995, max_size=1_005))
+
+# (method, serialized request, streaming?)
+grpc_requests = st.one_of(
+    st.builds(lambda i, r, p: ("InitiateDownload", pb.InitiateDownloadRequest(file_ids=i, request_id=r, priority=p)), ids, text, int32),
+    st.builds(lambda j: ("GetStatus", pb.GetStatusRequest(job_id=j)), st.one_of(text, uuid_like)),
+    st.builds(lambda j: ("CancelDownload", pb.CancelDownloadRequest(job_id=j)), st.one_of(text, uuid_like)),
+    st.builds(lambda n, t: ("ListDownloads", pb.ListDownloadsRequest(page_size=n, page_token=t)), int32, text),
+    st.builds(lambda f: ("CheckAvailability", pb.CheckAvailabilityRequest(file_id=f)), int64),
+    st.builds(lambda j, s: ("WatchProgress", pb.WatchProgressRequest(job_id=j, after_seq=s)), st.one_of(text, uuid_like), int64),
+).map(lambda pair: (pair[0], pair[1].SerializeToString()))
+garbage = st.tuples(st.sampled_from(["InitiateDownload", "GetStatus", "WatchProgress", "ListDownloads"]), st.binary(max_size=200))
+
+
+@pytest.fixture(scope="module")
+def jobs_index(gateway):  # noqa: ANN001, ANN201
+    client = redis.Redis.from_url(gateway.settings.redis_url)
+    key = Keys(gateway.settings.redis_prefix).index
+    yield lambda: client.zcard(key)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def channel(gateway):  # noqa: ANN001, ANN201
+    with grpc.insecure_channel(gateway.server.env["GRPC_LISTEN"]) as channel:
+        yield channel
+
+
+@EXAMPLES
+@given(request=st.one_of(grpc_requests, garbage))
+def test_grpc_answers_random_requests_with_a_client_error_at_worst(channel, jobs_index, request) -> None:  # noqa: ANN001
+    method, body = request
+    before = jobs_index()
+    path = f"{SERVICE}/{method}"
+    try:
+        if method == "WatchProgress":
+            for _ in channel.unary_stream(path)(body, timeout=10):
+                break  # a first message is enough: the call was accepted
+        else:
+            channel.unary_unary(path)(body, timeout=10)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        code = error.code()
+        assert code in CLIENT_ERRORS, f"{method}: {code} {error.details()}"
+        assert error.details(), "every refusal says why"
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert jobs_index() == before, "a refused request created a job"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | int64 | st.floats(allow_nan=False) | text,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(text, children, max_size=5),
+    max_leaves=20,
+)
+bodies = st.one_of(
+    json_values.map(json.dumps),
+    st.fixed_dictionaries({"file_ids": json_values}).map(json.dumps),
+    st.fixed_dictionaries({"file_ids": st.lists(int64, max_size=10), "request_id": json_values}).map(json.dumps),
+    st.binary(max_size=300),
+)
+segment = st.text(max_size=60).map(lambda s: urllib.parse.quote(s, safe=""))
+rest_requests = st.one_of(
+    st.tuples(st.just("POST"), st.just("/v1/download/initiate"), bodies),
+    st.tuples(st.just("POST"), st.just("/v1/download/check"), bodies),
+    st.tuples(st.just("GET"), segment.map(lambda s: f"/v1/download/status/{s}"), st.none()),
+    st.tuples(st.just("POST"), segment.map(lambda s: f"/v1/download/{s}:cancel"), bodies),
+    st.tuples(st.just("GET"), st.tuples(segment, segment).map(lambda p: f"/v1/download/jobs?page_size={p[0]}&page_token={p[1]}"), st.none()),
+    st.tuples(st.sampled_from(["GET", "DELETE"]), segment.map(lambda s: f"/v1/operations/{s}"), st.none()),
+    st.tuples(st.just("GET"), segment.map(lambda s: f"/v1/download/{s}/file"), st.none()),
+)
+content_types = st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1"])
+
+
+@EXAMPLES
+@given(request=rest_requests, content_type=content_types)
+def test_rest_answers_random_requests_with_a_4xx_at_worst(gateway, jobs_index, request, content_type: str) -> None:  # noqa: ANN001
+    method, path, body = request
+    before = jobs_index()
+    status, _, reply = rest(gateway.port, method, path, body, {"content-type": content_type})
+    assert status < 500, f"{method} {path} {body!r:.200} -> {status} {reply!r:.300}"
+    if status >= 400:
+        assert jobs_index() == before, "a refused request created a job"
+        assert isinstance(reply, dict) and reply.get("message"), f"no JSON message: {reply!r:.300}"
+
+
+def test_a_huge_rest_body_is_refused_without_harm(gateway, jobs_index) -> None:  # noqa: ANN001
+    before = jobs_index()
+    body = json.dumps({"file_ids": [70000] * 400_000})  # about 3 MB
+    status, _, reply = rest(gateway.port, "POST", "/v1/download/initiate", body)
+    assert 400 <= status < 500, (status, str(reply)[:300])
+    assert jobs_index() == before
