@@ -30,6 +30,16 @@ class JobAlreadyFinished(JobsError):
         self.state = state
 
 
+class QuotaExceeded(JobsError):
+    def __init__(self, tenant: str, active: int) -> None:
+        super().__init__(
+            f"you have {active} downloads queued or running, the most allowed at once; "
+            f"wait for one to finish or cancel one, then try again"
+        )
+        self.tenant = tenant
+        self.active = active
+
+
 class HistoryAhead(JobsError):
     def __init__(self, after_seq: int, latest_seq: int) -> None:
         super().__init__(

@@ -2,14 +2,19 @@
 
     {p}:job:{id}          hash    the job record (fields: jobs.model.F)
     {p}:job:{id}:events   stream  the job's event history; entry id "{seq}-0", field "e" = JSON
-    {p}:job:{id}:gone     string  tombstone kept after the record expires, so the job reads EXPIRED
-    {p}:jobs              zset    index for listing, members "{created_ms:013d}:{id}" ordered by lex
-    {p}:idem:{request_id} string  idempotency key -> "{job_id} {fingerprint}"
+    {p}:job:{id}:gone     string  tombstone kept after the record expires (value: the tenant), so the
+                                  job reads EXPIRED to its owner
+    {p}:t:{t}:jobs        zset    the tenant's jobs for listing, members "{created_ms:013d}:{id}" by lex
+    {p}:t:{t}:active      set     the tenant's QUEUED and RUNNING job ids (the active-jobs quota)
+    {p}:t:{t}:idem:{rid}  string  the tenant's idempotency key -> "{job_id} {fingerprint}"
+    {p}:t:{t}:rate:{sec}  string  the tenant's requests in one second (the rate limit), expires
     {p}:outbox            zset    job ids by creation time, until the reconciler has seen each in the queue
     {p}:sweep             zset    artifact object keys by the time they are to be deleted from S3
     {p}:events            channel every job event, "{id}\\n{json}", read by each server's watch hub
     {p}:cancel            channel job ids to cancel, read by every worker process
     {p}:q:{queue}:*       bullmq's own keys for the work queue
+
+{t} is the tenant's slug (jobs.tenants.tenant_slug): no ":" in it, so no two tenants' keys meet.
 """
 
 from __future__ import annotations
@@ -30,12 +35,21 @@ class Keys:
     def tombstone(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:gone"
 
-    def idempotency(self, request_id: str) -> str:
-        return f"{self.prefix}:idem:{request_id}"
+    def tenant(self, slug: str) -> str:
+        """The prefix of one tenant's keys."""
+        return f"{self.prefix}:t:{slug}"
 
-    @property
-    def index(self) -> str:
-        return f"{self.prefix}:jobs"
+    def index(self, slug: str) -> str:
+        return f"{self.tenant(slug)}:jobs"
+
+    def active(self, slug: str) -> str:
+        return f"{self.tenant(slug)}:active"
+
+    def idempotency(self, slug: str, request_id: str) -> str:
+        return f"{self.tenant(slug)}:idem:{request_id}"
+
+    def rate(self, slug: str, second: int) -> str:
+        return f"{self.tenant(slug)}:rate:{second}"
 
     @property
     def outbox(self) -> str:

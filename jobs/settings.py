@@ -51,6 +51,21 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     health_check_interval_s: float = 5.0
+
+    # Who may call (README "Security model"). API keys live hashed in this file, one per line
+    # (`python -m server.apikeys` writes it); it is re-read when it changes, so keys rotate
+    # without a restart. No file and no JWT settings: every call is refused.
+    api_keys_file: str = ""
+    # JWTs: HS256 with a shared secret and/or RS256/ES256 with keys from a JWKS file; issuer and
+    # audience are required with either. The tenant is this claim of the token.
+    jwt_hs256_secret: str = ""
+    jwt_jwks_file: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_tenant_claim: str = "sub"
+    # Per tenant, shared by all replicas through Redis; 0 switches a limit off.
+    tenant_max_active_jobs: int = 3
+    tenant_requests_per_s: int = 50
     shutdown_grace_s: float = 5.0
 
     # Worker.
@@ -119,6 +134,14 @@ class Settings:
             raise ValueError("HEARTBEAT_INTERVAL_S, PRESIGN_TTL_S and JOB_TTL_S must be positive")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("set both TLS_CERT_FILE and TLS_KEY_FILE, or neither")
+        if (self.jwt_hs256_secret or self.jwt_jwks_file) and not (self.jwt_issuer and self.jwt_audience):
+            raise ValueError("JWTs need JWT_ISSUER and JWT_AUDIENCE: tokens for other services must not pass")
+        if self.jwt_hs256_secret and len(self.jwt_hs256_secret) < 32:
+            raise ValueError("JWT_HS256_SECRET must be at least 32 characters (RFC 7518 asks for 256 bits)")
+        if self.tenant_max_active_jobs < 0 or self.tenant_requests_per_s < 0:
+            raise ValueError("TENANT_MAX_ACTIVE_JOBS and TENANT_REQUESTS_PER_S must be 0 (no limit) or more")
+        if not 0 < self.presign_ttl_s <= 604_800:
+            raise ValueError("PRESIGN_TTL_S must be between 1 and 604800 (the 7 days S3 signatures allow)")
         if self.housekeeping_interval_s <= 0:
             raise ValueError("HOUSEKEEPING_INTERVAL_S must be positive")
 
@@ -146,6 +169,14 @@ ENV_VARS: dict[str, str] = {
     "TLS_CERT_FILE": "tls_cert_file",
     "TLS_KEY_FILE": "tls_key_file",
     "HEALTH_CHECK_INTERVAL_S": "health_check_interval_s",
+    "API_KEYS_FILE": "api_keys_file",
+    "JWT_HS256_SECRET": "jwt_hs256_secret",
+    "JWT_JWKS_FILE": "jwt_jwks_file",
+    "JWT_ISSUER": "jwt_issuer",
+    "JWT_AUDIENCE": "jwt_audience",
+    "JWT_TENANT_CLAIM": "jwt_tenant_claim",
+    "TENANT_MAX_ACTIVE_JOBS": "tenant_max_active_jobs",
+    "TENANT_REQUESTS_PER_S": "tenant_requests_per_s",
     "SHUTDOWN_GRACE_S": "shutdown_grace_s",
     "WORKER_CONCURRENCY": "worker_concurrency",
     "WORKER_NAME": "worker_name",

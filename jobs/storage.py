@@ -29,9 +29,11 @@ def artifact_name(job_id: str) -> str:
     return f"longhaul-{job_id}.zip"
 
 
-def artifact_key(job_id: str) -> str:
-    """Derived from the job id alone, so a job that runs twice writes the same object."""
-    return f"jobs/{job_id}/{artifact_name(job_id)}"
+def artifact_key(tenant_slug: str, job_id: str) -> str:
+    """Fixed when the job is created, so a job that runs twice writes the same object. Under the
+    tenant's own prefix (for per-tenant lifecycle rules and audits); unguessable through the job id
+    (a random UUID), though the bucket serves nothing without a signature anyway."""
+    return f"tenants/{tenant_slug}/{job_id}/{artifact_name(job_id)}"
 
 
 def is_missing(error: ClientError) -> bool:

@@ -16,11 +16,19 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from jobs.errors import HistoryAhead, IdempotencyConflict, JobAlreadyFinished, JobNotFound, RunSuperseded
+from jobs.errors import (
+    HistoryAhead,
+    IdempotencyConflict,
+    JobAlreadyFinished,
+    JobNotFound,
+    QuotaExceeded,
+    RunSuperseded,
+)
 from jobs.keys import Keys, index_member
 from jobs.model import F, EventType, Phase, Priority, State
 from jobs.settings import Settings
 from jobs.storage import artifact_key
+from jobs.tenants import tenant_slug
 
 Fields = dict[str, str]
 
@@ -50,10 +58,12 @@ class JobStore:
     # -- creating ------------------------------------------------------------------------------
 
     async def create(
-        self, file_ids: list[int], request_id: str = "", priority: Priority = Priority.NORMAL
+        self, tenant: str, file_ids: list[int], request_id: str = "", priority: Priority = Priority.NORMAL
     ) -> tuple[Fields, bool]:
-        """Creates a QUEUED job, or returns the one `request_id` already made (created=False)."""
+        """Creates a QUEUED job of `tenant`, or returns the one the tenant's `request_id` already made
+        (created=False). Raises QuotaExceeded when the tenant has its limit of active jobs."""
         job_id = str(uuid.uuid4())
+        slug = tenant_slug(tenant)
         created = now_ms()
         retention_s = self.settings.job_ttl_s + self.settings.expired_retention_s
         fields: Fields = {
@@ -72,11 +82,15 @@ class JobStore:
             F.FILE_IDS: json.dumps(file_ids),
             F.PRIORITY: priority,
             F.REQUEST_ID: request_id,
+            F.TENANT: tenant,
+            F.TENANT_KEY: self.keys.tenant(slug),
+            F.ARTIFACT_KEY: artifact_key(slug, job_id),
             F.SEQ: "1",
         }
-        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.index, self.keys.outbox]
+        k = self.keys
+        keys = [k.job(job_id), k.events(job_id), k.index(slug), k.active(slug), k.outbox]
         if request_id:
-            keys.append(self.keys.idempotency(request_id))
+            keys.append(k.idempotency(slug, request_id))
         args: list[Any] = [
             job_id,
             fingerprint(file_ids),
@@ -86,47 +100,41 @@ class JobStore:
             f"{max(created - retention_s * 1000, 0):013d}",
             created,
             json.dumps(fields, separators=(",", ":")),
+            self.settings.tenant_max_active_jobs,
+            k.job(""),
         ]
         outcome = await self._create(keys=keys, args=args)
         if outcome[0] == "created":
             return json.loads(outcome[1]) | {F.FILE_IDS: fields[F.FILE_IDS]}, True
         if outcome[0] == "conflict":
             raise IdempotencyConflict(request_id, outcome[1])
-        return await self.get(outcome[1], with_file_ids=True), False
+        if outcome[0] == "quota":
+            raise QuotaExceeded(tenant, int(outcome[1]))
+        return await self.get(outcome[1], tenant), False
 
-    async def discard(self, job_id: str, request_id: str = "") -> None:
-        """Removes a job that could not be enqueued, so a failed create leaves nothing behind."""
-        created_ms = await self.redis.hget(self.keys.job(job_id), F.CREATED_MS)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.job(job_id), self.keys.events(job_id))
-            pipe.zrem(self.keys.outbox, job_id)
-            if created_ms:
-                pipe.zrem(self.keys.index, index_member(int(created_ms), job_id))
-            if request_id:
-                pipe.delete(self.keys.idempotency(request_id))
-            await pipe.execute()
-
-    async def forget(self, job_id: str) -> None:
-        """Removes every trace of a job, whatever its state (its artifact is deleted soon after)."""
-        request_id = await self.redis.hget(self.keys.job(job_id), F.REQUEST_ID)
+    async def forget(self, job_id: str, tenant: str = "") -> None:
+        """Removes every trace of a job, whatever its state (its artifact is deleted soon after).
+        Used for a job that could not be enqueued, too, so a failed create leaves nothing behind."""
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.index, k.outbox, k.sweep]
-        if request_id:
-            keys.append(k.idempotency(request_id))
-        if not await self._forget(keys=keys, args=[job_id, artifact_key(job_id), now_ms()]):
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.outbox, k.sweep]
+        if not await self._forget(keys=keys, args=[job_id, now_ms(), tenant]):
             raise JobNotFound(job_id)
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def get(self, job_id: str, with_file_ids: bool = True) -> Fields:
-        """The job record; an expired job reads as a stub in state EXPIRED."""
+    async def get(self, job_id: str, tenant: str | None, with_file_ids: bool = True) -> Fields:
+        """The job record; an expired job reads as a stub in state EXPIRED. Another tenant's job is
+        not found (tenant None: the caller is the service itself, e.g. a worker)."""
         record = await self.redis.hgetall(self.keys.job(job_id))  # the tombstone only matters without it
         if record:
+            if tenant is not None and record.get(F.TENANT) != tenant:
+                raise JobNotFound(job_id)
             if not with_file_ids:
                 record.pop(F.FILE_IDS, None)
             record.pop(F.TOKEN, None)
             return record
-        if await self.redis.exists(self.keys.tombstone(job_id)):
+        owner = await self.redis.get(self.keys.tombstone(job_id))
+        if owner is not None and (tenant is None or owner == tenant):
             return expired_stub(job_id)
         raise JobNotFound(job_id)
 
@@ -146,10 +154,11 @@ class JobStore:
             return None
         return events
 
-    async def list(self, page_size: int, page_token: str = "") -> tuple[list[Fields], str]:
-        """Jobs newest first. The page token is the index member of the last job returned."""
+    async def list(self, tenant: str, page_size: int, page_token: str = "") -> tuple[list[Fields], str]:
+        """The tenant's jobs, newest first. The page token is the index member of the last job returned."""
+        index = self.keys.index(tenant_slug(tenant))
         upper = f"({page_token}" if page_token else "+"
-        members = await self.redis.zrevrangebylex(self.keys.index, upper, "-", start=0, num=page_size)
+        members = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=page_size)
         if not members:
             return [], ""
         job_ids = [m.split(":", 1)[1] for m in members]
@@ -170,7 +179,7 @@ class JobStore:
             else:
                 forgotten.append(member)
         if forgotten:
-            await self.redis.zrem(self.keys.index, *forgotten)
+            await self.redis.zrem(index, *forgotten)
         next_token = members[-1] if len(members) == page_size else ""
         return jobs, next_token
 
@@ -210,18 +219,21 @@ class JobStore:
         )
         raise RunSuperseded(job_id, reason)
 
-    async def cancel(self, job_id: str) -> Fields:
-        """Cancels a live job (idempotent for a cancelled one) and tells the workers."""
+    async def cancel(self, job_id: str, tenant: str) -> Fields:
+        """Cancels a live job of `tenant` (idempotent for a cancelled one) and tells the workers."""
         outcome = await self._apply(
-            job_id, finish_fields(State.CANCELLED, self.settings, "cancelled on request"), EventType.STATE_CHANGED
+            job_id,
+            finish_fields(State.CANCELLED, self.settings, "cancelled on request"),
+            EventType.STATE_CHANGED,
+            expect_tenant=tenant,
         )
         if outcome[0] == "ok":
             await self.redis.publish(self.keys.cancel_channel, job_id)
             return json.loads(outcome[2])
         if outcome[0] == "missing":
-            return await self.get(job_id, with_file_ids=False)  # raises NotFound, or reads EXPIRED
+            return await self.get(job_id, tenant, with_file_ids=False)  # raises NotFound, or reads EXPIRED
         if outcome[1] == State.CANCELLED:
-            return await self.get(job_id, with_file_ids=False)
+            return await self.get(job_id, tenant, with_file_ids=False)
         raise JobAlreadyFinished(job_id, outcome[1])
 
     async def _apply(
@@ -231,6 +243,7 @@ class JobStore:
         event: EventType,
         expect_token: str = "",
         claim_token: str = "",
+        expect_tenant: str = "",
     ) -> list[Any]:
         s = self.settings
         args: list[Any] = [
@@ -243,7 +256,7 @@ class JobStore:
             s.job_ttl_s,
             s.job_ttl_s + s.expired_retention_s,
             job_id,
-            artifact_key(job_id),
+            expect_tenant,
         ]
         for name, value in fields.items():
             args += [name, value]

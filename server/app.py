@@ -19,9 +19,12 @@ from jobs.store import JobStore
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server import operations
 from server.convert import Presigner
+from server.access import Gatekeeper
+from server.auth import Authenticator
 from server.decoding import TolerantDecoding
 from server.health import HealthMonitor
 from server.http import HttpSide
+from server.ratelimit import RateLimiter
 from server.servicer import SERVICE_NAME, DownloadServicer
 from server.watch import WatchHub
 
@@ -84,10 +87,14 @@ class LonghaulServer:
         self._hub = WatchHub(redis, store.keys)
         self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME])
         presigner = Presigner(s)
-        self._http = HttpSide(store, presigner, self._health)
+        authenticator = Authenticator(s)
+        limiter = RateLimiter(redis, store.keys, s.tenant_requests_per_s)
+        self._http = HttpSide(store, presigner, self._health, authenticator, limiter)
 
+        guarded = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection
         server = grpc.aio.server(
-            options=SERVER_OPTIONS, interceptors=[TolerantDecoding([SERVICE_NAME, operations.SERVICE_NAME])]
+            options=SERVER_OPTIONS,
+            interceptors=[TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)],
         )
         pb_grpc.add_DownloadServiceServicer_to_server(
             DownloadServicer(s, store, self._queue, self._hub, presigner, s3), server

@@ -15,11 +15,14 @@ from typing import Any
 
 import grpc
 from botocore.exceptions import BotoCoreError, ClientError
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from redis.exceptions import RedisError
 
-from jobs.errors import HistoryAhead, IdempotencyConflict, JobAlreadyFinished, JobNotFound
+from jobs.errors import HistoryAhead, IdempotencyConflict, JobAlreadyFinished, JobNotFound, QuotaExceeded
+from server.auth import Unauthenticated
+from server.caller import reply_headers
+from server.ratelimit import RateLimited
 from server.validation import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,12 @@ class ServerShuttingDown(Exception):
         super().__init__(f"this server is shutting down; reconnect and resume with after_seq={last_seq}")
 
 
+# When a tenant at its active-jobs limit should try again: jobs take tens of seconds, so sooner is
+# mostly wasted; the client may also watch its running jobs and retry when one ends.
+QUOTA_RETRY_S = 5
+
 _DOMAIN_CODES: dict[type[Exception], grpc.StatusCode] = {
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
     JobNotFound: grpc.StatusCode.NOT_FOUND,
     IdempotencyConflict: grpc.StatusCode.ALREADY_EXISTS,
@@ -58,6 +66,10 @@ def status_for(error: Exception) -> tuple[grpc.StatusCode, str, list[Any]]:
             ]
         )
         return grpc.StatusCode.INVALID_ARGUMENT, str(error), [detail]
+    if isinstance(error, (RateLimited, QuotaExceeded)):
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(_retry_after_s(error) * 1000))
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), [error_details_pb2.RetryInfo(retry_delay=delay)]
     for kind, code in _DOMAIN_CODES.items():
         if isinstance(error, kind):
             return code, str(error), []
@@ -66,6 +78,21 @@ def status_for(error: Exception) -> tuple[grpc.StatusCode, str, list[Any]]:
     if isinstance(error, (BotoCoreError, ClientError)):
         return grpc.StatusCode.UNAVAILABLE, "object storage (S3) is unreachable; retry shortly", []
     return grpc.StatusCode.INTERNAL, "internal error; it was logged", []
+
+
+def _retry_after_s(error: RateLimited | QuotaExceeded) -> float:
+    return error.retry_after_s if isinstance(error, RateLimited) else QUOTA_RETRY_S
+
+
+def _metadata_for(error: Exception) -> tuple[tuple[str, str], ...]:
+    """HTTP-minded metadata of an error; Envoy hands it to REST clients as headers."""
+    if isinstance(error, RateLimited):
+        return error.headers
+    if isinstance(error, QuotaExceeded):
+        return (("retry-after", str(QUOTA_RETRY_S)),)
+    if isinstance(error, Unauthenticated):
+        return (("www-authenticate", 'Bearer realm="longhaul"'),)
+    return ()
 
 
 async def abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
@@ -77,7 +104,8 @@ async def abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)
-    await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
+    metadata = (*reply_headers(), *_metadata_for(error), ("grpc-status-details-bin", status.SerializeToString()))
+    await context.abort(code, message, trailing_metadata=metadata)
 
 
 def grpc_errors(handler: Callable[..., Any]) -> Callable[..., Any]:

@@ -2,6 +2,7 @@
 
     GET /health                      200 {"status": "healthy", "checks": {...}} or 503 "unhealthy"
     GET /v1/download/{job_id}/file   302 to a fresh presigned URL once COMPLETED, 409 with the state before
+                                     (authenticated and rate limited like the gRPC API)
     GET / and its files              the browser page (clients/web, built by `make web` into dist/)
 
 Envoy routes these paths here; everything else is gRPC (native, grpc-web, or transcoded REST).
@@ -21,7 +22,9 @@ from jobs.model import F, State
 from jobs.store import JobStore
 from server import validation
 from server.convert import Presigner
+from server.auth import Authenticator, Unauthenticated
 from server.health import HealthMonitor
+from server.ratelimit import RateLimited, RateLimiter
 from server.validation import InvalidRequest
 
 
@@ -30,20 +33,41 @@ WEB_DIR = Path(__file__).resolve().parents[1] / "clients" / "web" / "dist"
 WEB_FILES = ("index.html", "app.js", "app.js.map", "style.css")
 
 
-def _json(status: int, body: dict[str, Any]) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+def _json(status: int, body: dict[str, Any], headers: Any = ()) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=dict(headers))
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Paths and methods nobody serves get the same JSON error shape as the REST API, not aiohttp's text."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return _json(404, {"code": 5, "message": f"no such path: {request.path!r}; the REST API lives under /v1/"})
+    except web.HTTPMethodNotAllowed as error:
+        allowed = ", ".join(sorted(error.allowed_methods))
+        return _json(405, {"code": 12, "message": f"{request.method} is not allowed on {request.path!r}; use {allowed}"})
 
 
 class HttpSide:
-    def __init__(self, store: JobStore, presigner: Presigner, health: HealthMonitor) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        presigner: Presigner,
+        health: HealthMonitor,
+        authenticator: Authenticator,
+        limiter: RateLimiter,
+    ) -> None:
         self._store = store
         self._presigner = presigner
         self._health = health
+        self._authenticator = authenticator
+        self._limiter = limiter
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self, listen: str, ssl_context: ssl.SSLContext | None = None) -> int:
-        app = web.Application()
+        app = web.Application(middlewares=[_json_errors])
         app.router.add_get("/health", self._health_check)
         app.router.add_get("/v1/download/{job_id}/file", self._file)
         app.router.add_get("/", self._page)
@@ -73,13 +97,21 @@ class HttpSide:
         return _json(200 if healthy else 503, {"status": "healthy" if healthy else "unhealthy", "checks": self._health.checks})
 
     async def _file(self, request: web.Request) -> web.Response:
+        headers: Any = ()
         try:
+            tenant = self._authenticator.tenant(request.headers.items())
+            allowance = await self._limiter.hit(tenant)
+            headers = allowance.headers if allowance else ()
             job_id = validation.job_id(request.match_info["job_id"])
-            job = await self._store.get(job_id, with_file_ids=False)
+            job = await self._store.get(job_id, tenant, with_file_ids=False)
+        except Unauthenticated as error:
+            return _json(401, {"code": 16, "message": str(error)}, {"www-authenticate": 'Bearer realm="longhaul"'})
+        except RateLimited as error:
+            return _json(429, {"code": 8, "message": str(error)}, error.headers)
         except InvalidRequest as error:
-            return _json(400, {"code": 3, "message": str(error)})
+            return _json(400, {"code": 3, "message": str(error)}, headers)
         except JobNotFound as error:
-            return _json(404, {"code": 5, "message": str(error)})
+            return _json(404, {"code": 5, "message": str(error)}, headers)
         if job[F.STATE] != State.COMPLETED:
             return _json(
                 409,
@@ -89,7 +121,8 @@ class HttpSide:
                     "state": job[F.STATE],
                     "percent": float(job.get(F.PERCENT, 0)),
                 },
+                headers,
             )
         result = json.loads(job[F.RESULT])
         url, _ = self._presigner.url(result["key"], result["file_name"], int(job.get(F.EXPIRE_MS) or 0))
-        raise web.HTTPFound(url)
+        raise web.HTTPFound(url, headers=dict(headers))

@@ -20,6 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from jobs.store import Fields, JobStore
 from longhaul.download.v1 import download_pb2 as pb
 from server import validation
+from server.caller import tenant
 from server.convert import Presigner, to_job
 from server.errors import grpc_errors
 from server.watch import WatchHub, follow
@@ -71,7 +72,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
     @grpc_errors
     async def GetOperation(self, request: operations_pb2.GetOperationRequest, context: Any) -> operations_pb2.Operation:
-        fields = await self._store.get(validation.operation_name(request.name))
+        fields = await self._store.get(validation.operation_name(request.name), tenant())
         return to_operation(fields, self._presigner)
 
     @grpc_errors
@@ -80,19 +81,19 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     ) -> operations_pb2.ListOperationsResponse:
         validation.operations_collection(request.name, request.filter)
         page_size, page_token = validation.page(request)
-        jobs, next_token = await self._store.list(page_size, page_token)
+        jobs, next_token = await self._store.list(tenant(), page_size, page_token)
         return operations_pb2.ListOperationsResponse(
             operations=[to_operation(fields, self._presigner) for fields in jobs], next_page_token=next_token
         )
 
     @grpc_errors
     async def CancelOperation(self, request: operations_pb2.CancelOperationRequest, context: Any) -> empty_pb2.Empty:
-        await self._store.cancel(validation.operation_name(request.name))
+        await self._store.cancel(validation.operation_name(request.name), tenant())
         return empty_pb2.Empty()
 
     @grpc_errors
     async def DeleteOperation(self, request: operations_pb2.DeleteOperationRequest, context: Any) -> empty_pb2.Empty:
-        await self._store.forget(validation.operation_name(request.name))
+        await self._store.forget(validation.operation_name(request.name), tenant())
         return empty_pb2.Empty()
 
     @grpc_errors
@@ -104,11 +105,11 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
             wait_s = min(wait_s, max(remaining - 0.5, 0))  # answer before the caller's own deadline
         try:
             async with asyncio.timeout(wait_s):
-                async for _ in follow(self._store, self._hub, job_id, 0, self._heartbeat_s):
+                async for _ in follow(self._store, self._hub, job_id, tenant(), 0, self._heartbeat_s):
                     pass  # follow() returns once the job has ended
         except TimeoutError:
             pass
-        return to_operation(await self._store.get(job_id), self._presigner)
+        return to_operation(await self._store.get(job_id, tenant()), self._presigner)
 
 
 def add_to_server(servicer: OperationsServicer, server: grpc.aio.Server) -> None:

@@ -14,6 +14,7 @@ from jobs.store import JobStore
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server import validation
+from server.caller import tenant
 from server.convert import Presigner, event_type, to_job
 from server.errors import ServiceUnavailable, grpc_errors, status_for
 from server.watch import WatchHub, follow
@@ -35,7 +36,7 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
     @grpc_errors
     async def InitiateDownload(self, request: pb.InitiateDownloadRequest, context: Any) -> pb.InitiateDownloadResponse:
         file_ids, request_id, priority = validation.initiate(request)
-        fields, created = await self._store.create(file_ids, request_id, priority)
+        fields, created = await self._store.create(tenant(), file_ids, request_id, priority)
         # A repeated request re-enqueues a job that is still queued: a no-op when the queue has it,
         # and the repair when the first attempt lost its enqueue.
         if created or fields[F.STATE] == State.QUEUED:
@@ -43,13 +44,13 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
                 await self._queue.enqueue(fields[F.ID], priority)
             except Exception as error:
                 if created:
-                    await self._store.discard(fields[F.ID], request_id)
+                    await self._store.forget(fields[F.ID])
                 raise ServiceUnavailable("the work queue is unreachable; nothing was created, try again") from error
         return pb.InitiateDownloadResponse(job=to_job(fields, self._presigner))
 
     @grpc_errors
     async def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> pb.GetStatusResponse:
-        fields = await self._store.get(validation.job_id(request.job_id))
+        fields = await self._store.get(validation.job_id(request.job_id), tenant())
         return pb.GetStatusResponse(job=to_job(fields, self._presigner))
 
     @grpc_errors
@@ -58,7 +59,7 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
         after_seq = validation.after_seq(request.after_seq)
         started = False
         try:
-            async for update in follow(self._store, self._hub, job_id, after_seq, self._settings.heartbeat_s):
+            async for update in follow(self._store, self._hub, job_id, tenant(), after_seq, self._settings.heartbeat_s):
                 message = pb.WatchProgressResponse(seq=update.seq)
                 if update.fields is None:
                     message.type = pb.EVENT_TYPE_HEARTBEAT
@@ -82,13 +83,13 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
 
     @grpc_errors
     async def CancelDownload(self, request: pb.CancelDownloadRequest, context: Any) -> pb.CancelDownloadResponse:
-        fields = await self._store.cancel(validation.job_id(request.job_id))
+        fields = await self._store.cancel(validation.job_id(request.job_id), tenant())
         return pb.CancelDownloadResponse(job=to_job(fields, self._presigner))
 
     @grpc_errors
     async def ListDownloads(self, request: pb.ListDownloadsRequest, context: Any) -> pb.ListDownloadsResponse:
         page_size, page_token = validation.page(request)
-        jobs, next_token = await self._store.list(page_size, page_token)
+        jobs, next_token = await self._store.list(tenant(), page_size, page_token)
         return pb.ListDownloadsResponse(
             jobs=[to_job(fields, self._presigner) for fields in jobs], next_page_token=next_token
         )

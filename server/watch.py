@@ -129,12 +129,13 @@ def _is_terminal(fields: Fields) -> bool:
 
 
 async def follow(
-    store: JobStore, hub: WatchHub, job_id: str, after_seq: int, heartbeat_s: float
+    store: JobStore, hub: WatchHub, job_id: str, tenant: str, after_seq: int, heartbeat_s: float
 ) -> AsyncIterator[Update]:
-    """The updates of one job from `after_seq` on, gap-free and without repeats, until it ends."""
+    """The updates of one of `tenant`'s jobs from `after_seq` on, gap-free and without repeats, until
+    it ends. The ownership check at the start covers the whole watch: a job never changes hands."""
     with hub.subscribe(job_id) as inbox:
         # Subscribed before reading, so no change can fall between the read and the live events.
-        job = await store.get(job_id, with_file_ids=False)
+        job = await store.get(job_id, tenant, with_file_ids=False)
         if after_seq == 0 or job[F.STATE] == State.EXPIRED:
             yield Update(EventType.SNAPSHOT, int(job.get(F.SEQ, 0)), job)
             if _is_terminal(job):
@@ -142,7 +143,7 @@ async def follow(
             last = int(job[F.SEQ])
         else:
             last = after_seq
-            async for update in _catch_up(store, job_id, last):
+            async for update in _catch_up(store, job_id, tenant, last):
                 yield update
                 last = update.seq
                 if _is_terminal(update.fields):  # type: ignore[arg-type]
@@ -166,7 +167,7 @@ async def follow(
             if item is not RESYNC and int(item[F.SEQ]) <= last:
                 continue
             if item is RESYNC or int(item[F.SEQ]) > last + 1:
-                updates = [u async for u in _catch_up(store, job_id, last)]
+                updates = [u async for u in _catch_up(store, job_id, tenant, last)]
             else:
                 updates = [Update(item[F.EVENT], int(item[F.SEQ]), item)]
             for update in updates:
@@ -176,11 +177,11 @@ async def follow(
                     return
 
 
-async def _catch_up(store: JobStore, job_id: str, after_seq: int) -> AsyncIterator[Update]:
+async def _catch_up(store: JobStore, job_id: str, tenant: str, after_seq: int) -> AsyncIterator[Update]:
     """The stored events after `after_seq`, or a fresh snapshot when that history is gone."""
     events = await store.events_after(job_id, after_seq)
     if events is None:
-        job = await store.get(job_id, with_file_ids=False)
+        job = await store.get(job_id, tenant, with_file_ids=False)
         yield Update(EventType.SNAPSHOT, int(job.get(F.SEQ, 0)), job)
         return
     for event in events:

@@ -21,6 +21,7 @@ from jobs.connections import s3_client_kwargs, s3_session
 from jobs.settings import Settings
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server.app import LonghaulServer
+from tests import credentials
 from worker.runner import WorkerRunner
 
 # The seed files used by tests: small ones for speed, plus the three largest (about 3-4 MB each)
@@ -60,6 +61,10 @@ def base_settings(redis_url: str, work_dir: Path) -> Iterator[Settings]:
         stalled_check_ms=1_000,
         retry_base_ms=200,
         shutdown_grace_s=1,
+        api_keys_file=str(credentials.write_key_file(work_dir / "api-keys")),
+        # Tests start many jobs at once; the limits get tests of their own.
+        tenant_max_active_jobs=0,
+        tenant_requests_per_s=0,
     )
     proc = start_seaweedfs(
         work_dir / "seaweedfs",
@@ -103,7 +108,7 @@ class Stack:
         await self.server.start()
         for _ in range(workers):
             await self.add_worker()
-        self.channel = grpc.aio.insecure_channel(self.address)
+        self.channel = credentials.channel(self.address)
         self.stub = pb_grpc.DownloadServiceStub(self.channel)
         return self
 

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
+from tests.credentials import TOKEN
+
 SERVICE = "/longhaul.download.v1.DownloadService"
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 @dataclass
@@ -50,7 +56,9 @@ def _base64_quanta(chunks: Iterator[bytes]) -> Iterator[bytes]:
             pending = pending[usable:]
 
 
-def grpc_web(port: int, method: str, request: Message, text: bool = False, timeout_s: float = 20) -> WebReply:
+def grpc_web(
+    port: int, method: str, request: Message, text: bool = False, timeout_s: float = 20, token: str | None = TOKEN
+) -> WebReply:
     kind = "application/grpc-web-text" if text else "application/grpc-web+proto"
     payload = request.SerializeToString()
     body = b"\x00" + len(payload).to_bytes(4, "big") + payload
@@ -60,7 +68,7 @@ def grpc_web(port: int, method: str, request: Message, text: bool = False, timeo
             "POST",
             f"{SERVICE}/{method}",
             base64.b64encode(body) if text else body,
-            {"content-type": kind, "accept": kind, "x-grpc-web": "1", "origin": "http://example.test"},
+            {"content-type": kind, "accept": kind, "x-grpc-web": "1", "origin": "http://example.test", **_auth(token)},
         )
         response = connection.getresponse()
         reply = WebReply(response.status, {k.lower(): v for k, v in response.getheaders()})
@@ -90,11 +98,11 @@ class SseReply:
     events: list[tuple[float, dict]] = field(default_factory=list)  # (arrival, parsed data)
 
 
-def sse(port: int, path: str, until=None, timeout_s: float = 20) -> SseReply:  # noqa: ANN001
+def sse(port: int, path: str, until=None, timeout_s: float = 20, token: str | None = TOKEN) -> SseReply:  # noqa: ANN001
     """Reads `data:` events until the server ends the stream or `until(event)` is true."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
-        connection.request("GET", path, headers={"accept": "text/event-stream"})
+        connection.request("GET", path, headers={"accept": "text/event-stream", **_auth(token)})
         response = connection.getresponse()
         reply = SseReply(response.status, {k.lower(): v for k, v in response.getheaders()})
         if response.status != 200:
@@ -111,12 +119,14 @@ def sse(port: int, path: str, until=None, timeout_s: float = 20) -> SseReply:  #
         connection.close()
 
 
-def rest(port: int, method: str, path: str, body: object = None, headers: dict | None = None):  # noqa: ANN201
+def rest(  # noqa: ANN201
+    port: int, method: str, path: str, body: object = None, headers: dict | None = None, token: str | None = TOKEN
+):
     """(status, headers, parsed JSON body or raw text) of one REST call, redirects not followed."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
     try:
         raw = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
-        all_headers = {"content-type": "application/json", **(headers or {})}
+        all_headers = {"content-type": "application/json", **_auth(token), **(headers or {})}
         connection.request(method, path, raw, all_headers)
         response = connection.getresponse()
         data = response.read()

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from jobs.model import Phase
 from jobs.settings import Settings
-from jobs.storage import SourceFile, artifact_key, artifact_name, head_source, is_missing
+from jobs.storage import SourceFile, artifact_name, head_source, is_missing
 from worker.multipart import MultipartSink
 from worker.progress import Progress
 
@@ -58,8 +58,9 @@ class ArchiveResult:
 
 
 async def build_archive(
-    s3: Any, settings: Settings, job_id: str, file_ids: list[int], progress: Progress
+    s3: Any, settings: Settings, job_id: str, key: str, file_ids: list[int], progress: Progress
 ) -> ArchiveResult:
+    """Archives the files into the object `key` (the job's artifact key, fixed at its creation)."""
     sources = await _look_up(s3, settings, file_ids, progress)
     outcomes = {f: FileOutcome(f, "NOT_FOUND") for f in file_ids}
     found = [s for s in sources if s is not None]
@@ -75,7 +76,6 @@ async def build_archive(
         f"found {len(found)} of {len(file_ids)} files" + (f" ({missing} missing)" if missing else ""), force=True
     )
 
-    key = artifact_key(job_id)
     sink = MultipartSink(s3, settings.artifact_bucket, key, settings.upload_part_size)
     await sink.start()
     try:

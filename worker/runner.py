@@ -110,7 +110,7 @@ class WorkerRunner:
             await self._finish(job_id, run_token, State.FAILED, message, {"code": "TOO_MANY_ATTEMPTS", "retryable": True})
             return
         file_ids = json.loads(record[F.FILE_IDS])
-        task = asyncio.create_task(self._run(job_id, run_token, attempt, file_ids))
+        task = asyncio.create_task(self._run(job_id, run_token, attempt, record[F.ARTIFACT_KEY], file_ids))
         self._running[job_id] = task
         try:
             retry_in_ms = await asyncio.wait_for(task, self.settings.attempt_timeout_s)
@@ -132,13 +132,13 @@ class WorkerRunner:
             await queue_job.moveToDelayed(int(time.time() * 1000) + retry_in_ms, queue_token)
             raise DelayedError()
 
-    async def _run(self, job_id: str, token: str, attempt: int, file_ids: list[int]) -> int | None:
+    async def _run(self, job_id: str, token: str, attempt: int, key: str, file_ids: list[int]) -> int | None:
         """Runs one attempt; returns the delay before the next attempt, or None when done."""
         s = self.settings
         paced_s = random.uniform(s.delay_min_ms, s.delay_max_ms) / 1000
         progress = Progress(self._store, job_id, token, paced_s)
         try:
-            result = await build_archive(self._s3, s, job_id, file_ids, progress)
+            result = await build_archive(self._s3, s, job_id, key, file_ids, progress)
         except RunSuperseded as superseded:
             log.info("%s", superseded)
             return None

@@ -1,20 +1,35 @@
--- Creates a job: record, first event, index and outbox entries and idempotency key, atomically.
+-- Creates a job: record, first event, the tenant's index and active set, the outbox entry and the
+-- idempotency key, atomically, within the tenant's active-jobs quota.
 -- The outbox entry stays until a reconciler has seen the job in the queue, so a server that dies
 -- between this script and its enqueue cannot strand the job.
--- KEYS: job, events, index, outbox[, idempotency]
+-- KEYS: job, events, tenant index, tenant active set, outbox[, tenant idempotency key]
 -- ARGV: job_id, fingerprint, idempotency_ttl_s, history_len, index_member, trim_below, created_ms,
 --       the record's fields as one JSON object of strings (one argument, not two per field: each
---       argument costs the caller an encoding step)
--- Returns {"created", payload} | {"exists", job_id} | {"conflict", job_id}
+--       argument costs the caller an encoding step), max_active (0 = no limit), job key prefix
+-- Returns {"created", payload} | {"exists", job_id} | {"conflict", job_id} | {"quota", active}
 local job_id, fingerprint = ARGV[1], ARGV[2]
-if #KEYS == 5 then
-  local existing = redis.call("GET", KEYS[5])
+if #KEYS == 6 then
+  local existing = redis.call("GET", KEYS[6])
   if existing then
     local sep = string.find(existing, " ", 1, true)
     local other_id, other_fp = string.sub(existing, 1, sep - 1), string.sub(existing, sep + 1)
     if other_fp == fingerprint then return {"exists", other_id} end
     return {"conflict", other_id}
   end
+end
+
+local limit = tonumber(ARGV[9])
+if limit > 0 and redis.call("SCARD", KEYS[4]) >= limit then
+  -- Members normally leave when their job ends (transition.lua); this drops any whose record is
+  -- gone or over another way (forgotten, expired), so a stray member cannot eat the quota for good.
+  -- It reads job keys it was not given: fine on one Redis, as bullmq's own scripts do.
+  local terminal = {COMPLETED = true, FAILED = true, CANCELLED = true}
+  for _, member in ipairs(redis.call("SMEMBERS", KEYS[4])) do
+    local state = redis.call("HGET", ARGV[10] .. member, "state")
+    if not state or terminal[state] then redis.call("SREM", KEYS[4], member) end
+  end
+  local active = redis.call("SCARD", KEYS[4])
+  if active >= limit then return {"quota", tostring(active)} end
 end
 
 local record = cjson.decode(ARGV[8])
@@ -31,8 +46,9 @@ redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[4], "1-0", "e", payload)
 redis.call("ZADD", KEYS[3], 0, ARGV[5])
 -- Forget index entries older than any job can still be remembered.
 redis.call("ZREMRANGEBYLEX", KEYS[3], "-", "(" .. ARGV[6])
-redis.call("ZADD", KEYS[4], ARGV[7], job_id)
-if #KEYS == 5 then
-  redis.call("SET", KEYS[5], job_id .. " " .. fingerprint, "EX", ARGV[3])
+redis.call("SADD", KEYS[4], job_id)
+redis.call("ZADD", KEYS[5], ARGV[7], job_id)
+if #KEYS == 6 then
+  redis.call("SET", KEYS[6], job_id .. " " .. fingerprint, "EX", ARGV[3])
 end
 return {"created", payload}

@@ -1,19 +1,27 @@
--- Forgets a job (google.longrunning DeleteOperation): record, history, tombstone, index and outbox
--- entries, its idempotency key if that still names it; its artifact is scheduled for deletion now.
+-- Forgets a job (google.longrunning DeleteOperation): record, history, tombstone, the tenant's index,
+-- active-set and idempotency entries, the outbox entry; its artifact is scheduled for deletion now.
 -- A run still working on it finds the record gone at its next write and stops.
--- KEYS: job, events, tombstone, index, outbox, sweep[, idempotency]
--- ARGV: job_id, artifact_key, now_ms
--- Returns 1 if there was something to forget, 0 if not.
-local created = redis.call("HGET", KEYS[1], "created_ms")
-local existed = redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
-if created then
-  redis.call("ZREM", KEYS[4], string.format("%013d:%s", tonumber(created), ARGV[1]))
+-- The tenant's keys are named by the record (tenant_key), as in transition.lua.
+-- KEYS: job, events, tombstone, outbox, sweep
+-- ARGV: job_id, now_ms, tenant ("" = any)
+-- Returns 1 if there was something to forget, 0 if not (or not the tenant's).
+local job = redis.call("HMGET", KEYS[1], "created_ms", "tenant", "tenant_key", "request_id", "artifact_key")
+local created, tenant, tenant_key, request_id, artifact = job[1], job[2], job[3], job[4], job[5]
+if not created then
+  -- Only a tombstone may be left: forget it too, if it is the caller's.
+  local owner = redis.call("GET", KEYS[3])
+  if owner and (ARGV[3] == "" or owner == ARGV[3]) then redis.call("DEL", KEYS[3]) return 1 end
+  return 0
 end
-redis.call("ZREM", KEYS[5], ARGV[1])
-if #KEYS == 7 then
-  local idem = redis.call("GET", KEYS[7])
-  if idem and string.sub(idem, 1, #ARGV[1] + 1) == ARGV[1] .. " " then redis.call("DEL", KEYS[7]) end
+if ARGV[3] ~= "" and tenant ~= ARGV[3] then return 0 end
+redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
+redis.call("ZREM", tenant_key .. ":jobs", string.format("%013d:%s", tonumber(created), ARGV[1]))
+redis.call("SREM", tenant_key .. ":active", ARGV[1])
+redis.call("ZREM", KEYS[4], ARGV[1])
+if request_id and request_id ~= "" then
+  local idem_key = tenant_key .. ":idem:" .. request_id
+  local idem = redis.call("GET", idem_key)
+  if idem and string.sub(idem, 1, #ARGV[1] + 1) == ARGV[1] .. " " then redis.call("DEL", idem_key) end
 end
-if existed == 0 then return 0 end
-redis.call("ZADD", KEYS[6], ARGV[3], ARGV[2])
+redis.call("ZADD", KEYS[5], ARGV[2], artifact)
 return 1

@@ -3,13 +3,17 @@
 -- another worker) cannot write: that is what makes the result exactly-once.
 -- A job that ends schedules the deletion of its artifact (whether or not one was written: a
 -- superseded run may still finish an upload) for when the job expires.
+-- A job that ends also leaves its tenant's active set (the quota), named by the record's tenant_key.
 -- KEYS: job, events, tombstone, sweep
 -- ARGV: now_ms, history_len, channel, event_type, expect_token ("" = any), claim_token ("" = none),
---       job_ttl_s, tombstone_ttl_s, job_id, artifact_key, field, value, ...
+--       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), field, value, ...
 -- Returns {"ok", seq, payload[, file_ids on a claim]} | {"missing"} | {"finished", state} | {"fenced"}
+-- Another tenant's job is "missing": callers cannot tell it from one that does not exist.
 local terminal = {COMPLETED = true, FAILED = true, CANCELLED = true}
-local state = redis.call("HGET", KEYS[1], "state")
+local current = redis.call("HMGET", KEYS[1], "state", "tenant")
+local state = current[1]
 if not state then return {"missing"} end
+if ARGV[10] ~= "" and current[2] ~= ARGV[10] then return {"missing"} end
 if terminal[state] then return {"finished", state} end
 local expect_token, claim_token = ARGV[5], ARGV[6]
 if expect_token ~= "" and redis.call("HGET", KEYS[1], "token") ~= expect_token then
@@ -35,8 +39,10 @@ redis.call("HSET", KEYS[1], unpack(fields))
 
 local all = redis.call("HGETALL", KEYS[1])
 local event = {ev = ARGV[4]}
+local record = {}
 for i = 1, #all, 2 do
   local k = all[i]
+  record[k] = all[i + 1]
   if k ~= "file_ids" and k ~= "token" then event[k] = all[i + 1] end
 end
 local payload = cjson.encode(event)
@@ -45,8 +51,9 @@ redis.call("PUBLISH", ARGV[3], ARGV[9] .. "\n" .. payload)
 if new_state and terminal[new_state] then
   redis.call("EXPIRE", KEYS[1], ARGV[7])
   redis.call("EXPIRE", KEYS[2], ARGV[7])
-  redis.call("SET", KEYS[3], new_state, "EX", ARGV[8])
-  redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, ARGV[10])
+  redis.call("SET", KEYS[3], record["tenant"], "EX", ARGV[8])
+  redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, record["artifact_key"])
+  redis.call("SREM", record["tenant_key"] .. ":active", ARGV[9])
 end
 if claim_token ~= "" then
   -- The claiming worker needs the file ids next: saves it a round trip.

@@ -1,0 +1,171 @@
+"""API keys: issued once, stored only as hashes in a key file, each mapped to a tenant.
+
+A key reads `lh_<id>_<secret>`: the id (8 hex digits) names the key in the file, logs and error
+messages and is not secret; the secret is 256 random bits. The file has one key per line:
+
+    <id> sha256:<hex of SHA-256 of the whole key> <tenant> [label...]
+
+A plain SHA-256 is enough (no slow hash): the keys are random, not passwords, so there is nothing
+to guess. The server re-reads the file when it changes, so rotating is: `create` a new key for the
+tenant, hand it out, `revoke` the old one; no restart.
+
+    python -m server.apikeys create --file keys.txt TENANT [LABEL]   prints the new key once
+    python -m server.apikeys revoke --file keys.txt ID
+    python -m server.apikeys list --file keys.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_KEY = re.compile(r"lh_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
+_TENANT = re.compile(r"[A-Za-z0-9._@-]{1,128}")
+# How often the server looks at the file's modification time: the bound on how long a revoked
+# key keeps working.
+RELOAD_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    key_id: str
+    digest: str
+    tenant: str
+    label: str
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_id_of(key: str) -> str | None:
+    """The id of a well-formed key, else None."""
+    match = _KEY.fullmatch(key)
+    return match.group(1) if match else None
+
+
+def new_key() -> tuple[str, str]:
+    """(key id, key)."""
+    key_id = secrets.token_hex(4)
+    return key_id, f"lh_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def parse(text: str, source: str = "the key file") -> dict[str, KeyEntry]:
+    entries: dict[str, KeyEntry] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split(maxsplit=3)
+        if (
+            len(parts) < 3
+            or not re.fullmatch(r"[0-9a-f]{8}", parts[0])
+            or not re.fullmatch(r"sha256:[0-9a-f]{64}", parts[1])
+            or not _TENANT.fullmatch(parts[2])
+        ):
+            raise ValueError(f"{source}, line {number}: expected '<id> sha256:<hex> <tenant> [label]'")
+        entries[parts[0]] = KeyEntry(parts[0], parts[1].removeprefix("sha256:"), parts[2], " ".join(parts[3:]))
+    return entries
+
+
+def entry_line(key_id: str, key: str, tenant: str, label: str = "") -> str:
+    if not _TENANT.fullmatch(tenant):
+        raise ValueError(f"tenant {tenant!r}: use 1 to 128 letters, digits and . _ @ -")
+    return f"{key_id} sha256:{digest(key)} {tenant}" + (f" {label}" if label else "")
+
+
+class KeyFile:
+    """The key file as the server sees it: looked up in memory, re-read when it changes."""
+
+    def __init__(self, path: str) -> None:
+        self._path = Path(path) if path else None
+        self._entries: dict[str, KeyEntry] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._checked = 0.0
+        self.reload()
+
+    def reload(self) -> None:
+        """Reads the file if it changed. A broken file keeps the last good keys (and says so once)."""
+        if self._path is None:
+            return
+        stat = self._path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return
+        self._entries = parse(self._path.read_text(), str(self._path))
+        self._stamp = stamp
+
+    def tenant(self, key: str) -> str | None:
+        """The tenant of a valid, unrevoked key, else None."""
+        now = time.monotonic()
+        if now - self._checked > RELOAD_EVERY_S:
+            self._checked = now
+            try:
+                self.reload()
+            except (OSError, ValueError) as error:
+                print(f"api keys: keeping the previous keys: {error}", file=sys.stderr)
+        key_id = key_id_of(key)
+        entry = self._entries.get(key_id) if key_id else None
+        if entry is None or not hmac.compare_digest(entry.digest, digest(key)):
+            return None
+        return entry.tenant
+
+    @property
+    def configured(self) -> bool:
+        return self._path is not None
+
+
+def _rewrite(path: Path, lines: list[str]) -> None:
+    """Replaces the file in one rename, so a server never reads it half written."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text("".join(f"{line}\n" for line in lines))
+    temporary.chmod(0o600)
+    temporary.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server.apikeys", description="Manage Longhaul API keys.")
+    parser.add_argument("--file", default=os.environ.get("API_KEYS_FILE", ""), help="the key file (API_KEYS_FILE)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="issue a key for a tenant; prints it once")
+    create.add_argument("tenant")
+    create.add_argument("label", nargs="?", default="")
+    revoke = commands.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    commands.add_parser("list", help="list key ids, tenants and labels")
+    args = parser.parse_args(argv)
+    if not args.file:
+        parser.error("give --file or set API_KEYS_FILE")
+    path = Path(args.file)
+    lines = path.read_text().splitlines() if path.exists() else []
+    entries = parse("\n".join(lines), str(path))
+    if args.command == "create":
+        key_id, key = new_key()
+        try:
+            lines.append(entry_line(key_id, key, args.tenant, args.label))
+        except ValueError as error:
+            parser.error(str(error))
+        _rewrite(path, lines)
+        print(key)
+    elif args.command == "revoke":
+        if args.key_id not in entries:
+            print(f"no key {args.key_id} in {path}", file=sys.stderr)
+            return 1
+        _rewrite(path, [line for line in lines if line.split(maxsplit=1)[:1] != [args.key_id]])
+        print(f"revoked {args.key_id}; servers stop accepting it within {RELOAD_EVERY_S:.0f} s")
+    else:
+        for entry in entries.values():
+            print(f"{entry.key_id}  {entry.tenant}  {entry.label}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The tests' API keys: two tenants, so tests can check that neither sees the other's jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from server.apikeys import entry_line, new_key
+
+TENANT, OTHER_TENANT = "tenant-a", "tenant-b"
+_ID, TOKEN = new_key()
+_OTHER_ID, OTHER_TOKEN = new_key()
+BEARER = (("authorization", f"Bearer {TOKEN}"),)
+
+
+def write_key_file(path: Path) -> Path:
+    path.write_text(f"{entry_line(_ID, TOKEN, TENANT)}\n{entry_line(_OTHER_ID, OTHER_TOKEN, OTHER_TENANT)}\n")
+    return path
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+class _Bearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Sends the token with every call of a channel, as a service's own client would."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = bearer(token)
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        return details._replace(metadata=(*(details.metadata or ()), *self._metadata))
+
+    async def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return await continuation(self._details(details), request)
+
+
+def channel(address: str, token: str = TOKEN) -> grpc.aio.Channel:
+    """An async channel whose calls carry `token`."""
+    return grpc.aio.insecure_channel(address, interceptors=[_Bearer(token)])
