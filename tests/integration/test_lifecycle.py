@@ -14,8 +14,10 @@ from jobs.keys import Keys
 from jobs.model import F
 from jobs.storage import artifact_key
 from jobs.store import JobStore
+from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import MISSING_IDS, SMALL_IDS
+from tests.credentials import TENANT
 from tests.helpers import check_archive, initiate, wait_done, watch_all
 
 # Long enough that the job is certainly still running when the test acts on it.
@@ -246,8 +248,8 @@ async def test_finished_jobs_expire_and_their_artifacts_are_deleted(make_stack) 
     )
     s = stack.settings
     async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
-        await s3.put_object(Bucket=s.artifact_bucket, Key=artifact_key(orphan.job_id), Body=b"late upload")
-        await s3.head_object(Bucket=s.artifact_bucket, Key=artifact_key(job.job_id))
+        await s3.put_object(Bucket=s.artifact_bucket, Key=artifact_key(tenant_slug(TENANT), orphan.job_id), Body=b"late upload")
+        await s3.head_object(Bucket=s.artifact_bucket, Key=artifact_key(tenant_slug(TENANT), job.job_id))
         await asyncio.sleep(1.3)
         status = (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job
         assert status.state == pb.JOB_STATE_EXPIRED
@@ -268,16 +270,16 @@ async def test_finished_jobs_expire_and_their_artifacts_are_deleted(make_stack) 
 
 
 async def artifacts(s3, bucket: str, job_ids: list[str]) -> list[str]:  # noqa: ANN001
-    reply = await s3.list_objects_v2(Bucket=bucket, Prefix="jobs/")
+    reply = await s3.list_objects_v2(Bucket=bucket, Prefix=f"tenants/{tenant_slug(TENANT)}/")
     keys = {o["Key"] for o in reply.get("Contents", [])}
-    return [artifact_key(j) for j in job_ids if artifact_key(j) in keys]
+    return [key for j in job_ids if (key := artifact_key(tenant_slug(TENANT), j)) in keys]
 
 
 async def test_a_job_stranded_before_its_enqueue_is_enqueued_by_housekeeping(make_stack) -> None:
     # The server wrote the job and died before enqueueing it: only the record exists.
     stack = await make_stack(workers=0, housekeeping_interval_s=0.2, enqueue_grace_s=0.5)
     async with redis_client(stack.settings) as redis:
-        fields, _ = await JobStore(redis, stack.settings).create(SMALL_IDS[:2])
+        fields, _ = await JobStore(redis, stack.settings).create(TENANT, SMALL_IDS[:2])
     await stack.add_worker()
     done = await wait_done(stack.stub, fields[F.ID], timeout_s=15)
     assert done.state == pb.JOB_STATE_COMPLETED, done
@@ -292,7 +294,7 @@ async def test_a_burst_of_thousands_of_watchers_all_get_their_snapshot(stack) ->
         store = JobStore(redis, stack.settings)
         job_ids = []
         for start in range(0, count, 500):
-            created = await asyncio.gather(*(store.create(SMALL_IDS[:1]) for _ in range(500)))
+            created = await asyncio.gather(*(store.create(TENANT, SMALL_IDS[:1]) for _ in range(500)))
             job_ids += [fields[F.ID] for fields, _ in created]
 
     async def snapshot(job_id: str) -> int:

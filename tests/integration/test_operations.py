@@ -17,8 +17,10 @@ from jobs.connections import redis_client
 from jobs.keys import Keys
 from jobs.storage import artifact_key
 from jobs.store import now_ms
+from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import MISSING_IDS, SMALL_IDS
+from tests.credentials import TENANT, sync_channel
 from tests.helpers import check_archive, initiate, wait_done
 
 SLOW = {"delay_min_ms": 3_000, "delay_max_ms": 3_000}
@@ -31,7 +33,7 @@ async def ops(stack):  # noqa: ANN001, ANN201
 
 def drive_to_completion(address: str, job_id: str) -> tuple[pb.DownloadResult, pb.Job, list[str]]:
     """What a generic LRO client does: wrap the operation, poll it to its result."""
-    with grpc.insecure_channel(address) as channel:
+    with sync_channel(address) as channel:
         client = operations_v1.OperationsClient(channel)
         future = operation.from_gapic(
             client.get_operation(f"operations/{job_id}"), client, pb.DownloadResult, metadata_type=pb.Job
@@ -52,7 +54,7 @@ async def test_google_api_core_drives_a_job_to_its_result(stack) -> None:  # noq
 
 
 def cancel_through_lro(address: str, job_id: str) -> operation.Operation:
-    with grpc.insecure_channel(address) as channel:
+    with sync_channel(address) as channel:
         client = operations_v1.OperationsClient(channel)
         future = operation.from_gapic(client.get_operation(f"operations/{job_id}"), client, pb.DownloadResult)
         assert future.cancel()
@@ -110,7 +112,7 @@ async def test_delete_operation_forgets_the_job_and_its_artifact(stack, ops) -> 
     assert again.job_id != job.job_id, "the idempotency key went with the job"
     async with redis_client(stack.settings) as redis:
         sweep = Keys(stack.settings.redis_prefix).sweep
-        assert await redis.zscore(sweep, artifact_key(job.job_id)) <= now_ms(), "its artifact goes at once"
+        assert await redis.zscore(sweep, artifact_key(tenant_slug(TENANT), job.job_id)) <= now_ms(), "its artifact goes at once"
 
 
 @pytest.mark.parametrize(
