@@ -3,6 +3,9 @@
 Uses the Redis at REDIS_URL when one answers there and starts a local redis-server otherwise;
 likewise the S3 server at S3_ENDPOINT (SeaweedFS otherwise). Then the buckets and seed files, the
 gRPC server, the workers and Envoy. Ctrl-C or SIGTERM stops every process it started.
+
+Unless API_KEYS_FILE or JWT settings say who may call, it makes a development API key (tenant
+"dev"), kept in the data directory so it survives restarts, and prints it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from urllib.parse import urlparse
 import redis
 
 from devstack.processes import ManagedProcess, ProcessFailed, port_open
+from server.apikeys import entry_line, key_id_of, new_key
 from devstack.seed import SEED_FILE_IDS, seed_sources
 from devstack.services import ROOT, envoy_config, python_process, start_envoy, start_redis, start_seaweedfs
 from jobs.connections import s3_client_kwargs, s3_session
@@ -38,8 +42,10 @@ class Stack:
         self.envoy_admin_port = envoy_admin_port
         self.started: list[ManagedProcess] = []
         self.notes: list[str] = []
+        self.dev_key = ""
 
     def start(self) -> None:
+        self._credentials()
         self._redis()
         self._s3()
         asyncio.run(self._prepare_buckets())
@@ -54,6 +60,25 @@ class Stack:
             self.started.append(python_process(f"worker-{index + 1}", "worker", worker_env, self.log_dir))
         config = envoy_config(self.envoy_port, self.envoy_admin_port, [(grpc_port, http_port)])
         self.started.append(start_envoy(config, self.data_dir / "envoy", self.log_dir))
+
+    def _credentials(self) -> None:
+        s = self.settings
+        if s.api_keys_file or s.jwt_hs256_secret or s.jwt_jwks_file:
+            self.notes.append(f"Auth         {s.api_keys_file or 'JWTs only'} (no development key made)")
+            return
+        # The key in plain text is kept only so that the next `make run` can print it again.
+        plain, hashed = self.data_dir / "dev-api-key", self.data_dir / "dev-api-keys"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = plain.read_text().strip() if plain.exists() else ""
+        if not key_id_of(key):
+            key_id, key = new_key()
+            plain.write_text(key + "\n")
+            plain.chmod(0o600)
+        else:
+            key_id = key_id_of(key)
+        hashed.write_text(entry_line(key_id, key, "dev", "development key made by make run") + "\n")
+        self.settings = s.replace(api_keys_file=str(hashed))
+        self.dev_key = key
 
     def _redis(self) -> None:
         url = urlparse(self.settings.redis_url)
@@ -103,23 +128,30 @@ class Stack:
 
     def banner(self) -> str:
         grpc = self.settings.grpc_listen
+        page = f"http://127.0.0.1:{self.envoy_port}/"
         lines = [
             "",
             "Longhaul is running.",
             f"  gRPC (direct) {grpc}",
             f"  Envoy         127.0.0.1:{self.envoy_port}   (admin 127.0.0.1:{self.envoy_admin_port})",
-            f"  Web page      http://127.0.0.1:{self.envoy_port}/",
+            f"  Web page      {page + '#token=' + self.dev_key if self.dev_key else page}",
             *(f"  {note}" for note in self.notes),
             f"  Workers       {self.workers} processes",
             f"  Logs          {self.log_dir}",
-            "",
-            "Try:",
-            f"  .venv/bin/longhaul download 70000 70007 -o out.zip --target 127.0.0.1:{self.envoy_port}",
-            f"  grpcurl -plaintext -d '{{\"file_ids\": [70000, 70007]}}' 127.0.0.1:{self.envoy_port} "
-            "longhaul.download.v1.DownloadService/InitiateDownload",
-            "",
-            "Ctrl-C stops everything.",
         ]
+        if self.dev_key:
+            lines += [
+                f"  API key       {self.dev_key}",
+                "                (tenant \"dev\"; for development only: production sets API_KEYS_FILE)",
+                "",
+                "Try:",
+                f"  export LONGHAUL_TOKEN={self.dev_key}",
+                f"  .venv/bin/longhaul download 70000 70007 -o out.zip --target 127.0.0.1:{self.envoy_port}",
+                "  grpcurl -plaintext -H \"authorization: Bearer $LONGHAUL_TOKEN\" "
+                f"-d '{{\"file_ids\": [70000, 70007]}}' 127.0.0.1:{self.envoy_port} "
+                "longhaul.download.v1.DownloadService/InitiateDownload",
+            ]
+        lines += ["", "Ctrl-C stops everything."]
         return "\n".join(lines)
 
     def watch(self, stop: list[int]) -> int:

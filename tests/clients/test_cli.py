@@ -19,14 +19,16 @@ from devstack.processes import free_port, port_open
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul_client import Client
 from tests.conftest import MISSING_IDS, SMALL_IDS
+from tests.credentials import TOKEN
 from tests.gateway.conftest import start_gateway, stop_gateway, wait_healthy
 
 LONGHAUL = [sys.executable, "-m", "longhaul_client.cli"]
+ENV = {**os.environ, "LONGHAUL_TOKEN": TOKEN}
 
 
 def longhaul(gateway, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
     return subprocess.run(
-        [*LONGHAUL, *args, "--target", gateway.address], capture_output=True, text=True, timeout=timeout_s
+        [*LONGHAUL, *args, "--target", gateway.address], capture_output=True, text=True, timeout=timeout_s, env=ENV
     )
 
 
@@ -85,7 +87,7 @@ def test_bad_input_and_unknown_jobs_have_their_own_exit_codes(slow_gateway) -> N
 def _start_download(gateway, *extra: str) -> tuple[subprocess.Popen[str], str]:  # noqa: ANN001
     proc = subprocess.Popen(
         [*LONGHAUL, "download", *map(str, SMALL_IDS[:2]), "--no-file", "--target", gateway.address, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
     )
     first_line = proc.stderr.readline()
     assert first_line.startswith("job "), first_line
@@ -99,7 +101,7 @@ def test_ctrl_c_leaves_the_job_running_unless_asked(slow_gateway, cancel: bool) 
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130
-    with Client(slow_gateway.address) as client:
+    with Client(slow_gateway.address, token=TOKEN) as client:
         if cancel:
             assert f"job {job_id} cancelled" in stderr
             assert client.status(job_id).state == pb.JOB_STATE_CANCELLED
@@ -109,7 +111,7 @@ def test_ctrl_c_leaves_the_job_running_unless_asked(slow_gateway, cancel: bool) 
 
 
 def test_watch_resumes_across_an_envoy_restart_without_a_gap(slow_gateway) -> None:  # noqa: ANN001
-    with Client(slow_gateway.address) as client:
+    with Client(slow_gateway.address, token=TOKEN) as client:
         job_id = client.initiate(SMALL_IDS[:4]).job_id
     watch = subprocess.Popen([*LONGHAUL, "watch", job_id, "--json", "--target", slow_gateway.address],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -15,12 +15,13 @@ from longhaul.download.v1 import download_pb2 as pb
 from longhaul_client import AsyncClient, Client, InvalidArgument, JobFailed, LonghaulError, NotFound
 from server.app import LonghaulServer
 from tests.conftest import LARGE_IDS, MISSING_IDS, SMALL_IDS
+from tests.credentials import TOKEN
 from tests.helpers import fetch
 
 
 @pytest.fixture
 async def client(stack):  # noqa: ANN001, ANN201
-    async with AsyncClient(stack.address) as client:
+    async with AsyncClient(stack.address, token=TOKEN) as client:
         yield client
 
 
@@ -84,7 +85,7 @@ async def test_a_download_resumes_from_a_partial_file(client, tmp_path) -> None:
 
 async def test_the_blocking_client_does_the_same(stack, tmp_path) -> None:  # noqa: ANN001
     def use_it() -> tuple[pb.Job, bytes]:
-        with Client(stack.address) as client:
+        with Client(stack.address, token=TOKEN) as client:
             job = client.initiate(SMALL_IDS[:2])
             states = [e.job.state for e in client.watch(job.job_id)]
             assert states[-1] == pb.JOB_STATE_COMPLETED
@@ -99,7 +100,7 @@ async def test_the_blocking_client_does_the_same(stack, tmp_path) -> None:  # no
 async def test_a_watch_survives_a_server_restart_without_gap_or_repeat(make_stack) -> None:  # noqa: ANN001
     stack = await make_stack(delay_min_ms=3_000, delay_max_ms=3_000)
     port = stack.server.port
-    async with AsyncClient(stack.address, reconnect_for_s=30) as client:
+    async with AsyncClient(stack.address, token=TOKEN, reconnect_for_s=30) as client:
         job = await client.initiate(SMALL_IDS[:4])
         events = []
         restarted = None

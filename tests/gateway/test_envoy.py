@@ -13,6 +13,7 @@ import pytest
 
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
+from tests import credentials
 from tests.conftest import MISSING_IDS, SMALL_IDS
 from devstack.processes import free_port
 from tests.gateway.conftest import hcm, start_gateway, stop_gateway
@@ -23,7 +24,7 @@ from tests.web_clients import grpc_web, rest, sse
 
 
 async def test_native_grpc_unary_and_stream(gateway) -> None:
-    async with grpc.aio.insecure_channel(gateway.address) as channel:
+    async with credentials.channel(gateway.address) as channel:
         stub = pb_grpc.DownloadServiceStub(channel)
         job = await initiate(stub, SMALL_IDS[:2])
         done = await wait_done(stub, job.job_id)
@@ -204,7 +205,7 @@ def test_heartbeats_keep_a_stream_alive_past_a_short_idle_timeout(base_settings,
 async def test_a_dying_server_gives_clients_a_clear_error(base_settings, work_dir) -> None:
     gateway = start_gateway(base_settings, work_dir, delay_min_ms=60_000, delay_max_ms=60_000)
     try:
-        async with grpc.aio.insecure_channel(gateway.address) as channel:
+        async with credentials.channel(gateway.address) as channel:
             stub = pb_grpc.DownloadServiceStub(channel)
             job = await initiate(stub, SMALL_IDS[:1])
             call = stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id), timeout=20)
@@ -254,7 +255,7 @@ async def test_health_is_503_and_grpc_unavailable_when_storage_is_down(base_sett
         assert body["checks"]["redis"] == "ok" and body["checks"]["storage"].startswith("error")
         # Envoy's health checks take the server out of rotation: calls fail fast and clearly.
         deadline = time.monotonic() + 10
-        async with grpc.aio.insecure_channel(gateway.address) as channel:
+        async with credentials.channel(gateway.address) as channel:
             stub = pb_grpc.DownloadServiceStub(channel)
             while True:
                 with pytest.raises(grpc.aio.AioRpcError) as error:
@@ -269,7 +270,7 @@ async def test_health_is_503_and_grpc_unavailable_when_storage_is_down(base_sett
 async def test_replicas_a_stopping_server_leaves_rotation_and_watches_resume_on_the_other(base_settings, work_dir) -> None:
     gateway = start_gateway(base_settings, work_dir, replicas=2, delay_min_ms=3_000, delay_max_ms=3_000)
     try:
-        async with grpc.aio.insecure_channel(gateway.address) as channel:
+        async with credentials.channel(gateway.address) as channel:
             stub = pb_grpc.DownloadServiceStub(channel)
             job = await initiate(stub, SMALL_IDS[:2])
             last_seq = 0

@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.keys import Keys
+from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
+from tests.credentials import TENANT, sync_channel
 from tests.web_clients import rest
 
 CLIENT_ERRORS = {
@@ -45,14 +47,14 @@ garbage = st.tuples(st.sampled_from(["InitiateDownload", "GetStatus", "WatchProg
 @pytest.fixture(scope="module")
 def jobs_index(gateway):  # noqa: ANN001, ANN201
     client = redis.Redis.from_url(gateway.settings.redis_url)
-    key = Keys(gateway.settings.redis_prefix).index
+    key = Keys(gateway.settings.redis_prefix).index(tenant_slug(TENANT))
     yield lambda: client.zcard(key)
     client.close()
 
 
 @pytest.fixture(scope="module")
 def channel(gateway):  # noqa: ANN001, ANN201
-    with grpc.insecure_channel(gateway.server.env["GRPC_LISTEN"]) as channel:
+    with sync_channel(gateway.server.env["GRPC_LISTEN"]) as channel:
         yield channel
 
 

@@ -12,6 +12,7 @@ from devstack.processes import free_port
 from devstack.services import start_nginx
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
+from tests import credentials
 from tests.conftest import SMALL_IDS
 from tests.helpers import check_archive, initiate, wait_done
 from tests.web_clients import grpc_web, rest, sse
@@ -38,7 +39,7 @@ def nginx(gateway, work_dir):  # noqa: ANN001, ANN201
 
 
 async def test_native_grpc_through_nginx(nginx) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{nginx.grpc_port}") as channel:
+    async with credentials.channel(f"127.0.0.1:{nginx.grpc_port}") as channel:
         stub = pb_grpc.DownloadServiceStub(channel)
         job = await initiate(stub, SMALL_IDS[:2])
         done = await wait_done(stub, job.job_id)
@@ -82,7 +83,7 @@ async def test_heartbeats_outlast_short_nginx_read_timeouts(gateway, work_dir) -
         _, _, created = rest(short.http_port, "POST", "/v1/download/initiate", {"file_ids": SMALL_IDS[:1]})
         reply = sse(short.http_port, f"/v1/download/{created['job']['jobId']}/events")
         assert reply.events[-1][1]["job"]["state"] == "JOB_STATE_COMPLETED"
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{short.grpc_port}") as channel:
+        async with credentials.channel(f"127.0.0.1:{short.grpc_port}") as channel:
             stub = pb_grpc.DownloadServiceStub(channel)
             done = await wait_done(stub, (await initiate(stub, SMALL_IDS[:1])).job_id)
             assert done.state == pb.JOB_STATE_COMPLETED

@@ -11,6 +11,7 @@ import pytest
 from devstack.services import ROOT
 from longhaul_client import Client
 from tests.conftest import SMALL_IDS
+from tests.credentials import TOKEN
 from tests.e2e.test_run_command import GRPCURL
 
 
@@ -21,7 +22,8 @@ def recipes(kind: str) -> list[str]:
 
 
 def run(command: str, cwd) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
-    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, cwd=cwd)
+    env = {**os.environ, "LONGHAUL_TOKEN": TOKEN}
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, cwd=cwd, env=env)
 
 
 class Jobs:
@@ -30,14 +32,14 @@ class Jobs:
 
     def __init__(self, address: str) -> None:
         self.address = address
-        with Client(address) as client:
+        with Client(address, token=TOKEN) as client:
             self.finished = client.wait(client.initiate(SMALL_IDS[:2]).job_id).job_id
 
     def fill(self, command: str, target: str) -> str:
         if "JOB_ID" in command:
             job_id = self.finished
             if any(verb in command for verb in ("Cancel", ":cancel", "Delete", "DELETE")):
-                with Client(self.address) as client:
+                with Client(self.address, token=TOKEN) as client:
                     job_id = client.initiate(SMALL_IDS[2:4]).job_id
             command = command.replace("JOB_ID", job_id)
         return command.replace("localhost:8080", target).replace("127.0.0.1:8080", target)

@@ -17,6 +17,7 @@ from devstack.services import envoy_tls
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul_client import Client, DeadlineExceeded, Unavailable
 from tests.conftest import SMALL_IDS
+from tests.credentials import TOKEN
 from tests.gateway.conftest import start_gateway, stop_gateway
 
 
@@ -63,7 +64,7 @@ def tls_gateway(base_settings, work_dir, tmp_path_factory):  # noqa: ANN001, ANN
 
 def test_through_envoy_with_tls_both_ways(tls_gateway) -> None:  # noqa: ANN001
     gateway, certs, context = tls_gateway
-    with Client(gateway.address, root_certificates=certs["ca"].read_bytes()) as client:
+    with Client(gateway.address, token=TOKEN, root_certificates=certs["ca"].read_bytes()) as client:
         done = client.wait(client.initiate(SMALL_IDS[:2]).job_id)
     assert done.state == pb.JOB_STATE_COMPLETED
     with urllib.request.urlopen(f"https://127.0.0.1:{gateway.port}/v1/download/status/{done.job_id}", context=context) as reply:
@@ -79,17 +80,17 @@ def test_through_envoy_with_tls_both_ways(tls_gateway) -> None:  # noqa: ANN001
 def test_straight_to_the_server_with_tls_and_plaintext_refused(tls_gateway) -> None:  # noqa: ANN001
     gateway, certs, _ = tls_gateway
     server = gateway.server.env["GRPC_LISTEN"]
-    with Client(server, root_certificates=certs["ca"].read_bytes()) as client:
+    with Client(server, token=TOKEN, root_certificates=certs["ca"].read_bytes()) as client:
         job = client.initiate(SMALL_IDS[:1])
         assert client.status(job.job_id).job_id == job.job_id
-    with Client(server, timeout_s=3) as plaintext:
+    with Client(server, token=TOKEN, timeout_s=3) as plaintext:
         with pytest.raises((Unavailable, DeadlineExceeded)):  # no connection ever becomes ready
             plaintext.status(job.job_id)
 
 
 def test_a_client_that_does_not_trust_the_ca_is_refused(tls_gateway) -> None:  # noqa: ANN001
     gateway, _, _ = tls_gateway
-    with Client(gateway.address, tls=True, timeout_s=3) as client:  # the system's CAs only
+    with Client(gateway.address, token=TOKEN, tls=True, timeout_s=3) as client:  # the system's CAs only
         with pytest.raises((Unavailable, DeadlineExceeded)):
             client.status("00000000-0000-4000-8000-000000000000")
     with grpc.insecure_channel(gateway.address) as channel, pytest.raises(grpc.FutureTimeoutError):
