@@ -31,7 +31,7 @@ class Unauthenticated(Exception):
 def bearer(metadata: Iterable[tuple[str, Any]]) -> str:
     """The token of the call's `authorization: Bearer <token>` metadata."""
     for name, value in metadata:
-        if name == "authorization":
+        if name.lower() == "authorization":
             scheme, _, token = str(value).strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthenticated("the authorization header must read 'Bearer <API key or JWT>'")

@@ -15,6 +15,7 @@ import pytest
 from devstack.processes import ManagedProcess, free_port, port_open
 from devstack.services import envoy_config, python_process, start_envoy
 from jobs.settings import Settings
+from tests.credentials import BEARER
 
 # Jobs long enough to watch, heartbeats frequent enough to test idle timeouts in a second.
 GATEWAY_SETTINGS = {"delay_min_ms": 2_000, "delay_max_ms": 2_000, "heartbeat_s": 0.3, "health_check_interval_s": 0.5}
@@ -42,7 +43,8 @@ def wait_healthy(port: int, timeout_s: float = 15) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/download/jobs", timeout=2) as reply:
+            probe = urllib.request.Request(f"http://127.0.0.1:{port}/v1/download/jobs", headers=dict(BEARER))
+            with urllib.request.urlopen(probe, timeout=2) as reply:
                 if reply.status == 200:
                     return
         except (urllib.error.URLError, OSError):
