@@ -16,6 +16,7 @@ from devstack.seed import seed_content
 from jobs.connections import botocore_session, s3_client_kwargs
 from jobs.storage import source_key
 from tests.conftest import MISSING_IDS, SMALL_IDS
+from tests.credentials import TOKEN
 from tests.gateway.conftest import start_gateway, stop_gateway
 
 # Flags that work as root on this machine kind (FACTS.md); no background traffic leaves loopback.
@@ -46,7 +47,7 @@ def browser() -> Iterator[Browser]:
 def page(browser: Browser, gateway) -> Iterator[Page]:  # noqa: ANN001
     context = browser.new_context(accept_downloads=True)  # fresh local storage per test
     page = context.new_page()
-    page.goto(f"http://{gateway.address}/")
+    page.goto(f"http://{gateway.address}/#token={TOKEN}")  # the sign-in link `make run` prints
     yield page
     context.close()
 
@@ -162,7 +163,11 @@ def test_a_dropped_stream_reconnects_by_itself(page: Page, gateway) -> None:  # 
 def test_readable_on_a_phone_and_usable_by_keyboard(browser: Browser, gateway) -> None:  # noqa: ANN001
     context = browser.new_context(viewport={"width": 375, "height": 667}, is_mobile=True)
     page = context.new_page()
-    page.goto(f"http://{gateway.address}/")
+    page.goto(f"http://{gateway.address}/#token={TOKEN}")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("API key")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Save key")).to_be_focused()
     page.keyboard.press("Tab")
     expect(page.get_by_label("File ids")).to_be_focused()
     page.keyboard.type(str(SMALL_IDS[0]))
@@ -175,3 +180,29 @@ def test_readable_on_a_phone_and_usable_by_keyboard(browser: Browser, gateway) -
     expect(card(page).locator(".state")).to_have_text("Completed", timeout=20_000)
     page.screenshot(path=str(gateway.worker.log_path.parent / "page-phone.png"), full_page=True)
     context.close()
+
+
+def test_without_a_key_the_page_says_so_and_a_typed_key_works(browser: Browser, gateway) -> None:  # noqa: ANN001
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"http://{gateway.address}/")
+    expect(page.get_by_role("status")).to_contain_text("No key yet")
+    start(page, IDS)
+    expect(page.get_by_role("alert")).to_contain_text("no credentials")
+    expect(page.get_by_role("alert")).to_contain_text("Enter a valid API key above")
+    page.get_by_label("API key").fill("lh_00000000_" + "x" * 43)
+    page.get_by_role("button", name="Save key").click()
+    start(page, IDS)
+    expect(page.get_by_role("alert")).to_contain_text("unknown or revoked")
+    page.get_by_label("API key").fill(TOKEN)
+    page.get_by_role("button", name="Save key").click()
+    expect(page.get_by_role("status")).to_contain_text("A key is saved")
+    start(page, IDS)
+    expect(card(page)).to_be_visible()
+    expect(page.get_by_role("alert")).to_have_text("")
+    context.close()
+
+
+def test_the_sign_in_link_leaves_no_key_in_the_address_bar(page: Page) -> None:
+    assert "token" not in page.url
+    expect(page.get_by_role("status")).to_contain_text("A key is saved")

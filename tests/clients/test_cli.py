@@ -114,7 +114,7 @@ def test_watch_resumes_across_an_envoy_restart_without_a_gap(slow_gateway) -> No
     with Client(slow_gateway.address, token=TOKEN) as client:
         job_id = client.initiate(SMALL_IDS[:4]).job_id
     watch = subprocess.Popen([*LONGHAUL, "watch", job_id, "--json", "--target", slow_gateway.address],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     first = json.loads(watch.stdout.readline())
     # Envoy goes away mid-job and comes back on the same port: the stream drops, the command resumes.
     slow_gateway.envoy.kill()

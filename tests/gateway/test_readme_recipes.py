@@ -3,6 +3,7 @@ real Envoy and, for grpcurl, the server directly: the README cannot go stale."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 

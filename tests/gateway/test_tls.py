@@ -17,7 +17,7 @@ from devstack.services import envoy_tls
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul_client import Client, DeadlineExceeded, Unavailable
 from tests.conftest import SMALL_IDS
-from tests.credentials import TOKEN
+from tests.credentials import BEARER, TOKEN
 from tests.gateway.conftest import start_gateway, stop_gateway
 
 
@@ -67,11 +67,12 @@ def test_through_envoy_with_tls_both_ways(tls_gateway) -> None:  # noqa: ANN001
     with Client(gateway.address, token=TOKEN, root_certificates=certs["ca"].read_bytes()) as client:
         done = client.wait(client.initiate(SMALL_IDS[:2]).job_id)
     assert done.state == pb.JOB_STATE_COMPLETED
-    with urllib.request.urlopen(f"https://127.0.0.1:{gateway.port}/v1/download/status/{done.job_id}", context=context) as reply:
+    status = urllib.request.Request(f"https://127.0.0.1:{gateway.port}/v1/download/status/{done.job_id}", headers=dict(BEARER))
+    with urllib.request.urlopen(status, context=context) as reply:
         assert b"JOB_STATE_COMPLETED" in reply.read()
     cli = subprocess.run(
         [sys.executable, "-m", "longhaul_client.cli", "status", done.job_id, "--json",
-         "--target", gateway.address, "--ca", str(certs["ca"])],
+         "--target", gateway.address, "--ca", str(certs["ca"]), "--token", TOKEN],
         capture_output=True, text=True, timeout=60,
     )
     assert cli.returncode == 0 and "JOB_STATE_COMPLETED" in cli.stdout, cli.stderr

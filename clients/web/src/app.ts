@@ -1,13 +1,18 @@
 // Longhaul's page: start downloads, watch them live over grpc-web, cancel, retry, get the file.
 
 import { fromJson, toJson } from "@bufbuild/protobuf";
-import { ConnectError, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { setToken, takeTokenFromLink, token, withToken } from "./credentials";
 import { DownloadService, JobPhase, JobSchema, JobState, type Job } from "./gen/longhaul/download/v1/download_pb";
 import { load, store, type Saved } from "./saved";
 import { TERMINAL, watchJob } from "./watch";
 
-const client = createClient(DownloadService, createGrpcWebTransport({ baseUrl: location.origin }));
+takeTokenFromLink();
+const client = createClient(
+  DownloadService,
+  createGrpcWebTransport({ baseUrl: location.origin, interceptors: [withToken] }),
+);
 const downloads = new Map<string, Download>();
 
 const byId = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -16,6 +21,19 @@ const input = byId<HTMLInputElement>("file-ids");
 const formError = byId<HTMLParagraphElement>("form-error");
 const availability = byId<HTMLUListElement>("availability");
 const list = byId<HTMLUListElement>("downloads");
+const keyForm = byId<HTMLFormElement>("key-form");
+const keyInput = byId<HTMLInputElement>("api-key");
+const keyStatus = byId<HTMLParagraphElement>("key-status");
+
+// What a failed call says to a person; a missing or refused key points at the key field.
+function explain(thrown: unknown): string {
+  const error = ConnectError.from(thrown);
+  if (error.code === Code.Unauthenticated) {
+    keyInput.setAttribute("aria-invalid", "true");
+    return `${error.rawMessage}. Enter a valid API key above.`;
+  }
+  return error.rawMessage;
+}
 
 function stateName(state: JobState): string {
   return JobState[state] ?? "UNKNOWN";
@@ -93,7 +111,7 @@ class Download {
         this.render();
       },
       onFatal: (error) => {
-        this.connection = error.rawMessage;
+        this.connection = explain(error);
         this.render();
       },
     }, this.stop.signal);
@@ -186,7 +204,7 @@ async function start(fileIds: string[], replacing?: Download): Promise<void> {
     replacing?.forget();
     if (reply.job) show(new Download(reply.job.jobId, fileIds));
   } catch (thrown) {
-    formError.textContent = ConnectError.from(thrown).rawMessage;
+    formError.textContent = explain(thrown);
   }
 }
 
@@ -201,7 +219,7 @@ async function checkAvailability(fileIds: string[]): Promise<void> {
       item.textContent = reply.available ? `${id}: available (${size(reply.sizeBytes)})` : `${id}: not found`;
       item.classList.toggle("missing", !reply.available);
     } catch (thrown) {
-      item.textContent = `${id}: ${ConnectError.from(thrown).rawMessage}`;
+      item.textContent = `${id}: ${explain(thrown)}`;
       item.classList.add("missing");
     }
   }
@@ -222,6 +240,13 @@ form.addEventListener("submit", (event) => {
 byId("check-button").addEventListener("click", () => {
   const ids = idsOrComplain();
   if (ids) void checkAvailability(ids);
+});
+
+keyStatus.textContent = token() ? "A key is saved in this browser." : "No key yet: calls will be refused.";
+keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  setToken(keyInput.value.trim());
+  location.reload(); // every watch starts again with the new key
 });
 
 for (const saved of load().reverse()) {
