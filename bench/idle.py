@@ -7,7 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from bench.env import BenchEnv
+from bench.env import BenchEnv, TENANT
 from bench.report import Row
 from bench.watchers import WatcherPool
 from jobs.connections import redis_client
@@ -37,14 +37,14 @@ def run(env: BenchEnv, streams: int) -> list[Row]:
             store = JobStore(redis, env.settings)
             ids: list[str] = []
             for start in range(0, streams, 500):
-                batch = await asyncio.gather(*(store.create([70_000]) for _ in range(min(500, streams - start))))
+                batch = await asyncio.gather(*(store.create(TENANT, [70_000]) for _ in range(min(500, streams - start))))
                 ids += [fields["id"] for fields, _ in batch]
             return ids
 
     job_ids = asyncio.run(create())
     time.sleep(1)
     rss_before, clients_before = rss_mb(server.pid), asyncio.run(_redis_clients(env))
-    pool = WatcherPool(address, job_ids, WATCH_PROCESSES)
+    pool = WatcherPool(address, env.metadata, job_ids, WATCH_PROCESSES)
     opened_at = time.monotonic()
     opened = pool.start(timeout_s=300)
     open_s = time.monotonic() - opened_at

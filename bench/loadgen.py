@@ -5,6 +5,7 @@ with a fixed number of calls in flight, for a fixed time."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ class UnaryLoad:
     request: bytes
     in_flight: int
     duration_s: float
+    metadata: tuple[tuple[str, str], ...] = ()
     warmup_s: float = 0.5
 
 
@@ -38,7 +40,7 @@ def _run_unary(load: UnaryLoad) -> tuple[int, int, list[float]]:
                 nonlocal errors
                 while (now := time.perf_counter()) < stop_at:
                     try:
-                        await call(load.request, timeout=10)
+                        await call(load.request, timeout=10, metadata=load.metadata)
                     except grpc.aio.AioRpcError:
                         errors += 1
                         continue
@@ -53,7 +55,7 @@ def _run_unary(load: UnaryLoad) -> tuple[int, int, list[float]]:
 
 def unary(load: UnaryLoad, processes: int) -> tuple[float, list[float], int]:
     """Splits `in_flight` over `processes`; returns (calls per second, latencies, errors)."""
-    share = UnaryLoad(load.target, load.method, load.request, max(load.in_flight // processes, 1), load.duration_s, load.warmup_s)
+    share = dataclasses.replace(load, in_flight=max(load.in_flight // processes, 1))
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         results = pool.map(_run_unary, [share] * processes)
     calls = sum(r[0] for r in results)

@@ -11,7 +11,9 @@ from worker.pipeline import ArchiveResult
 from worker.progress import Progress
 
 
-async def build_nothing(s3: Any, settings: Any, job_id: str, file_ids: list[int], progress: Progress) -> ArchiveResult:
+async def build_nothing(
+    s3: Any, settings: Any, job_id: str, key: str, file_ids: list[int], progress: Progress
+) -> ArchiveResult:
     await progress.report("nothing to do", force=True)
     return ArchiveResult(key="", file_name="", size_bytes=0, sha256="")
 

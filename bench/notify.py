@@ -10,7 +10,7 @@ import random
 import time
 import uuid
 
-from bench.env import BenchEnv
+from bench.env import BenchEnv, TENANT
 from bench.report import Row, percentile
 from bench.watchers import WatcherPool, stamp
 from jobs.connections import redis_client
@@ -26,7 +26,7 @@ async def _create_claimed(store: JobStore, count: int) -> dict[str, str]:
     tokens: dict[str, str] = {}
 
     async def one(index: int) -> None:
-        fields, _ = await store.create([70_000 + index % 1000])
+        fields, _ = await store.create(TENANT, [70_000 + index % 1000])
         token = uuid.uuid4().hex
         await store.claim(fields[F.ID], "bench-writer", token)
         tokens[fields[F.ID]] = token
@@ -56,7 +56,7 @@ async def _write_progress(store: JobStore, tokens: dict[str, str], per_job_hz: f
 
 
 def _measure(env: BenchEnv, address: str, tokens: dict[str, str], duration_s: float, poll: bool) -> tuple[list[float], int]:
-    pool = WatcherPool(address, list(tokens), 1 if poll else WATCH_PROCESSES, POLL_INTERVAL_S if poll else 0.0)
+    pool = WatcherPool(address, env.metadata, list(tokens), 1 if poll else WATCH_PROCESSES, POLL_INTERVAL_S if poll else 0.0)
     pool.start()
 
     async def write() -> int:

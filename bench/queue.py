@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from bench.env import BenchEnv
+from bench.env import BenchEnv, TENANT
 from bench.report import Row, median, percentile
 from devstack.seed import seed_sources
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
@@ -59,7 +59,7 @@ async def _start_latency(env: BenchEnv, samples: int) -> list[float]:
         try:
             async with EventTap(redis, store.keys.events_channel) as tap:
                 for _ in range(samples + 3):  # the first few warm the worker up
-                    fields, _ = await store.create([70_000])
+                    fields, _ = await store.create(TENANT, [70_000])
                     sent = time.perf_counter()
                     await queue.enqueue(fields[F.ID], Priority.NORMAL)
                     latencies.append(await tap.until(fields[F.ID], "RUNNING") - sent)
@@ -74,7 +74,7 @@ async def _noop_rate(env: BenchEnv, count: int) -> float:
         store, queue = JobStore(redis, env.settings), JobQueue(env.settings)
         job_ids = []
         for start in range(0, count, 500):
-            batch = await asyncio.gather(*(store.create([70_000]) for _ in range(min(500, count - start))))
+            batch = await asyncio.gather(*(store.create(TENANT, [70_000]) for _ in range(min(500, count - start))))
             job_ids += [fields[F.ID] for fields, _ in batch]
             await asyncio.gather(*(queue.enqueue(f[F.ID], Priority.NORMAL) for f, _ in batch))
         await queue.close()

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from bench.env import BenchEnv
+from bench.env import BenchEnv, TENANT
 from bench.report import Row
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
 from jobs.model import F, Priority, State
@@ -78,10 +78,10 @@ async def run_job(env: BenchEnv, file_ids: list[int]) -> tuple[float, float, int
         store, queue = JobStore(redis, env.settings), JobQueue(env.settings)
         try:
             await asyncio.sleep(1.5)  # settled, before its peak matters
-            fields, _ = await store.create(file_ids)
+            fields, _ = await store.create(TENANT, file_ids)
             started = time.monotonic()
             await queue.enqueue(fields[F.ID], Priority.NORMAL)
-            while (record := await store.get(fields[F.ID]))[F.STATE] not in (State.COMPLETED, State.FAILED):
+            while (record := await store.get(fields[F.ID], TENANT))[F.STATE] not in (State.COMPLETED, State.FAILED):
                 await asyncio.sleep(0.05)
             elapsed = time.monotonic() - started
             assert record[F.STATE] == State.COMPLETED, record

@@ -21,12 +21,14 @@ LOAD_PROCESSES = 2
 def run(env: BenchEnv, duration_s: float) -> list[Row]:
     _, address = env.start_server()
     with grpc.insecure_channel(address) as channel:
-        job = pb_grpc.DownloadServiceStub(channel).InitiateDownload(pb.InitiateDownloadRequest(file_ids=[70000])).job
+        stub = pb_grpc.DownloadServiceStub(channel)
+        job = stub.InitiateDownload(pb.InitiateDownloadRequest(file_ids=[70000]), metadata=env.metadata).job
     status_request = pb.GetStatusRequest(job_id=job.job_id).SerializeToString()
     initiate_request = pb.InitiateDownloadRequest(file_ids=[70000, 70007, 70014]).SerializeToString()
 
     def measure(target: str, method: str, request: bytes, in_flight: int = IN_FLIGHT) -> tuple[float, list[float]]:
-        rate, latencies, errors = unary(UnaryLoad(target, method, request, in_flight, duration_s), LOAD_PROCESSES)
+        load = UnaryLoad(target, method, request, in_flight, duration_s, env.metadata)
+        rate, latencies, errors = unary(load, LOAD_PROCESSES)
         if errors:
             raise RuntimeError(f"{errors} calls of {method} failed during the benchmark")
         return rate, latencies

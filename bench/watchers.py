@@ -32,6 +32,7 @@ def _age(message: str) -> float | None:
 class Watch:
     target: str
     job_ids: list[str]
+    metadata: tuple[tuple[str, str], ...]
 
 
 def _watch(watch: Watch, ready: Any, stop: Any, results: Any) -> None:
@@ -43,7 +44,7 @@ def _watch(watch: Watch, ready: Any, stop: Any, results: Any) -> None:
         async def follow(index: int, job_id: str) -> None:
             nonlocal opened
             stub = pb_grpc.DownloadServiceStub(channels[index // _STREAMS_PER_CHANNEL])
-            async for event in stub.WatchProgress(pb.WatchProgressRequest(job_id=job_id)):
+            async for event in stub.WatchProgress(pb.WatchProgressRequest(job_id=job_id), metadata=watch.metadata):
                 if event.type == pb.EVENT_TYPE_SNAPSHOT:
                     opened += 1
                 elif event.type == pb.EVENT_TYPE_PROGRESS and (age := _age(event.job.message)) is not None:
@@ -82,7 +83,7 @@ def _poll(watch: Watch, interval_s: float, ready: Any, stop: Any, results: Any) 
                 seen = ""
                 await asyncio.sleep(interval_s * (hash(job_id) % 1000) / 1000)  # spread, as real clients are
                 while not stop.is_set():
-                    job = (await stub.GetStatus(pb.GetStatusRequest(job_id=job_id))).job
+                    job = (await stub.GetStatus(pb.GetStatusRequest(job_id=job_id), metadata=watch.metadata)).job
                     calls += 1
                     if job.message != seen and (age := _age(job.message)) is not None:
                         latencies.append(age)
@@ -99,13 +100,20 @@ def _poll(watch: Watch, interval_s: float, ready: Any, stop: Any, results: Any) 
 class WatcherPool:
     """Watching (or polling) processes, started together, stopped together."""
 
-    def __init__(self, target: str, job_ids: list[str], processes: int, poll_interval_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        metadata: tuple[tuple[str, str], ...],
+        job_ids: list[str],
+        processes: int,
+        poll_interval_s: float = 0.0,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self._ready, self._results, self._stop = context.Queue(), context.Queue(), context.Event()
         share = math.ceil(len(job_ids) / processes)
         self._procs = []
         for index in range(processes):
-            watch = Watch(target, job_ids[index * share:(index + 1) * share])
+            watch = Watch(target, job_ids[index * share:(index + 1) * share], metadata)
             if poll_interval_s:
                 args: tuple[Any, ...] = (watch, poll_interval_s, self._ready, self._stop, self._results)
                 self._procs.append(context.Process(target=_poll, args=args))
