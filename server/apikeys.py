@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -26,6 +27,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _KEY = re.compile(r"lh_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
 _TENANT = re.compile(r"[A-Za-z0-9._@-]{1,128}")
@@ -90,10 +93,11 @@ class KeyFile:
         self._entries: dict[str, KeyEntry] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
+        self._last_error = ""
         self.reload()
 
     def reload(self) -> None:
-        """Reads the file if it changed. A broken file keeps the last good keys (and says so once)."""
+        """Reads the file if it changed."""
         if self._path is None:
             return
         stat = self._path.stat()
@@ -104,19 +108,36 @@ class KeyFile:
         self._stamp = stamp
 
     def tenant(self, key: str) -> str | None:
-        """The tenant of a valid, unrevoked key, else None."""
+        """The tenant of a valid, unrevoked key, else None.
+
+        The file is looked at every RELOAD_EVERY_S (so a revocation takes effect within that), and at
+        once for a key it does not know (so a new key works at once; a stat costs a microsecond)."""
         now = time.monotonic()
         if now - self._checked > RELOAD_EVERY_S:
             self._checked = now
-            try:
-                self.reload()
-            except (OSError, ValueError) as error:
-                print(f"api keys: keeping the previous keys: {error}", file=sys.stderr)
+            self._reload_keeping_last_good()
+        entry = self._lookup(key)
+        if entry is None and self._reload_keeping_last_good():
+            entry = self._lookup(key)
+        return entry.tenant if entry is not None else None
+
+    def _lookup(self, key: str) -> KeyEntry | None:
         key_id = key_id_of(key)
         entry = self._entries.get(key_id) if key_id else None
         if entry is None or not hmac.compare_digest(entry.digest, digest(key)):
             return None
-        return entry.tenant
+        return entry
+
+    def _reload_keeping_last_good(self) -> bool:
+        """Whether the keys changed."""
+        before = self._stamp
+        try:
+            self.reload()
+        except (OSError, ValueError) as error:
+            if str(error) != self._last_error:  # once per problem, not once per call
+                log.error("API keys: %s; keeping the previous keys", error)
+            self._last_error = str(error)
+        return self._stamp != before
 
     @property
     def configured(self) -> bool:

@@ -14,8 +14,10 @@ from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 TERMINAL = {pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED, pb.JOB_STATE_EXPIRED}
 
 
-async def initiate(stub: pb_grpc.DownloadServiceStub, file_ids: list[int], **fields: object) -> pb.Job:
-    reply = await stub.InitiateDownload(pb.InitiateDownloadRequest(file_ids=file_ids, **fields))
+async def initiate(
+    stub: pb_grpc.DownloadServiceStub, file_ids: list[int], metadata: tuple = (), **fields: object
+) -> pb.Job:
+    reply = await stub.InitiateDownload(pb.InitiateDownloadRequest(file_ids=file_ids, **fields), metadata=metadata)
     return reply.job
 
 
