@@ -1,16 +1,40 @@
-"""Logging set-up shared by the process entry points."""
+"""Logging set-up shared by the process entry points, with secrets redacted from every line."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+
+# What must never reach a log, whoever logs it (our code, grpc, botocore, aiohttp) and wherever it
+# hides (a message, an argument, a traceback): bearer tokens, API keys (their id stays, to tell keys
+# apart), JWTs, and the signing parts of presigned URLs (the URL stays, to tell objects apart).
+_SECRETS = [
+    (re.compile(r"(?i)(bearer\s+)[^\s'\",;]+"), r"\1[REDACTED]"),
+    (re.compile(r"\b(lh_[0-9a-f]{8}_)[A-Za-z0-9_-]+"), r"\1[REDACTED]"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[REDACTED JWT]"),
+    (re.compile(r"(?i)\b(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s'\"]+"), r"\1[REDACTED]"),
+    (re.compile(r"(?i)\b(Signature=)[^&\s'\"]+"), r"\1[REDACTED]"),  # SigV2-style presigned URLs
+]
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """Redacts the finished line, so tracebacks and third-party messages are covered too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def setup_logging(process: str) -> None:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s {process}[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter(f"%(asctime)s {process}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), handlers=[handler])
     # botocore logs every retry and credential lookup at INFO.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("aiobotocore").setLevel(logging.WARNING)
