@@ -4,6 +4,7 @@ active-jobs quota and the rate limit shared by replicas, all against a real serv
 from __future__ import annotations
 
 import asyncio
+import urllib.error
 import json
 import time
 import uuid
@@ -26,7 +27,7 @@ from server import apikeys
 from tests import credentials
 from tests.conftest import SMALL_IDS
 from tests.credentials import OTHER_TOKEN, TOKEN
-from tests.helpers import initiate, wait_done
+from tests.helpers import fetch, initiate, wait_done
 
 ISSUER, AUDIENCE = "https://issuer.test", "longhaul-tests"
 HS_SECRET = "a-shared-secret-of-at-least-32-characters"
@@ -308,3 +309,17 @@ async def test_the_rate_limit_holds_across_replicas_and_says_when_to_retry(make_
         assert trailers["retry-after"] == "1" and trailers["ratelimit-remaining"] == "0"
     await asyncio.sleep(1.0)
     await replicas[0].stub.ListDownloads(pb.ListDownloadsRequest())  # the next second has room again
+
+
+async def test_the_bucket_serves_artifacts_only_with_a_signature(stack) -> None:
+    done = await wait_done(stack.stub, (await initiate(stack.stub, SMALL_IDS[:1])).job_id)
+    signed = done.result.download_url
+    assert fetch(signed)
+    unsigned = signed.split("?", 1)[0]
+    with pytest.raises(urllib.error.HTTPError) as refused_read:
+        fetch(unsigned)
+    assert refused_read.value.code == 403
+    listing = unsigned.split("/tenants/", 1)[0] + "/"
+    with pytest.raises(urllib.error.HTTPError) as refused_list:
+        fetch(listing)
+    assert refused_list.value.code == 403
