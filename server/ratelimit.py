@@ -1,8 +1,9 @@
 """Requests per second per tenant, counted in Redis so the limit holds across server replicas.
 
-A fixed one-second window: one INCR (and its EXPIRE) per call, in one round trip. A client can
-get up to twice the limit across a window boundary; that is the price of one round trip instead of
-a sliding log's several, and fine for a limit that protects the service rather than bills anyone.
+A fixed one-second window: one script call (INCR, and EXPIRE on a new window) per call, one round
+trip. A client can get up to twice the limit across a window boundary; that is the price of one
+counter instead of a sliding log, and fine for a limit that protects the service rather than bills
+anyone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from redis.asyncio import Redis
 
 from jobs.keys import Keys
 from jobs.tenants import tenant_slug
+
+
+_COUNT = """
+local count = redis.call("INCR", KEYS[1])
+if count == 1 then redis.call("EXPIRE", KEYS[1], 2) end
+return count
+"""
 
 
 @dataclass(frozen=True)
@@ -49,9 +57,9 @@ class RateLimited(Exception):
 
 class RateLimiter:
     def __init__(self, redis: Redis, keys: Keys, per_second: int) -> None:
-        self._redis = redis
         self._keys = keys
         self._limit = per_second
+        self._count = redis.register_script(_COUNT)
 
     async def hit(self, tenant: str) -> Allowance | None:
         """Counts one request; raises RateLimited over the limit. None when there is no limit."""
@@ -59,11 +67,7 @@ class RateLimiter:
             return None
         now = time.time()
         second = int(now)
-        key = self._keys.rate(tenant_slug(tenant), second)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, 2)
-            count, _ = await pipe.execute()
+        count = await self._count(keys=[self._keys.rate(tenant_slug(tenant), second)])
         allowance = Allowance(self._limit, max(self._limit - count, 0), second + 1 - now)
         if count > self._limit:
             raise RateLimited(allowance)
