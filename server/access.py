@@ -1,9 +1,13 @@
 """The door of every RPC but health and reflection: who is calling (auth.py), and within their rate.
 
 It runs in the server, so direct gRPC, grpc-web and REST through Envoy are all covered alike. The
-caller's tenant is handed to the handlers through a context variable (caller.py). The RateLimit-* metadata goes out with the reply: with the
-first message of a stream, after the handler of a unary call (so an error stays a trailers-only
-reply, which proxies turn into the right HTTP status), and with any error (errors.abort).
+caller's tenant is handed to the handlers through a context variable (caller.py).
+
+The RateLimit-* metadata goes where each kind of client reads it. HTTP clients (REST, grpc-web) read
+headers: it goes as initial metadata after a unary handler returns (so an error stays a
+trailers-only reply, which Envoy turns into the right HTTP status) or with a stream's first message.
+gRPC clients read trailers, which come with the status anyway: sending headers separately cost 20 %
+of GetStatus throughput (BENCHMARKS.md). Errors carry it in their trailers (errors.abort).
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ from typing import Any
 import grpc
 
 from server.auth import Authenticator
-from server.caller import CALLER, Caller, reply_headers
+from server.caller import CALLER, Caller
 from server.errors import abort
 from server.ratelimit import RateLimiter
+
+# Headers Envoy adds to a call it made from an HTTP request: the REST transcoder's record of the
+# original path, and the grpc-web marker the browser sends.
+_SET_BY_HTTP_GATEWAYS = frozenset({"x-envoy-original-path", "x-grpc-web"})
 
 
 class Gatekeeper(grpc.aio.ServerInterceptor):
@@ -24,7 +32,7 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         self._authenticator = authenticator
         self._limiter = limiter
         self._prefixes = tuple(f"/{service}/" for service in services)
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}  # one wrapped handler per method
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}  # one handler per method
 
     async def intercept_service(
         self,
@@ -35,39 +43,47 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         if method in self._handlers:
             return self._handlers[method]
         handler = await continuation(details)
-        if handler is None or not method.startswith(self._prefixes):
-            return handler
-        if handler.unary_unary is not None:
-            wrapped = handler._replace(unary_unary=self._unary(handler.unary_unary))
+        if handler is None:
+            return handler  # unknown method: gRPC answers UNIMPLEMENTED
+        if not method.startswith(self._prefixes):
+            pass  # health and reflection are open
+        elif handler.unary_unary is not None:
+            handler = handler._replace(unary_unary=self._unary(handler.unary_unary))
         elif handler.unary_stream is not None:
-            wrapped = handler._replace(unary_stream=self._stream(handler.unary_stream))
+            handler = handler._replace(unary_stream=self._stream(handler.unary_stream))
         else:
             raise TypeError(f"{method}: only unary and server-streaming methods are guarded")
-        self._handlers[method] = wrapped
-        return wrapped
+        self._handlers[method] = handler  # handlers are fixed per method: every call after is a lookup
+        return handler
 
-    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+    async def _admit(self, context: grpc.aio.ServicerContext) -> Caller:
+        metadata = context.invocation_metadata() or ()
         try:
-            tenant = self._authenticator.tenant(context.invocation_metadata() or ())
+            tenant = self._authenticator.tenant(metadata)
             allowance = await self._limiter.hit(tenant)
         except Exception as error:  # noqa: BLE001 - each is mapped in errors.status_for
             await abort(context, error)
-        CALLER.set(Caller(tenant, allowance.headers if allowance else ()))
+        over_http = any(name in _SET_BY_HTTP_GATEWAYS for name, _ in metadata)
+        caller = Caller(tenant, allowance.headers if allowance else (), over_http)
+        CALLER.set(caller)
+        if caller.headers and not over_http:
+            context.set_trailing_metadata(caller.headers)
+        return caller
 
     def _unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await self._admit(context)
+            caller = await self._admit(context)
             reply = await behavior(request, context)
-            if headers := reply_headers():
-                await context.send_initial_metadata(headers)
+            if caller.headers and caller.over_http:
+                await context.send_initial_metadata(caller.headers)
             return reply
 
         return guarded
 
     def _stream(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await self._admit(context)
-            headers = reply_headers()
+            caller = await self._admit(context)
+            headers = caller.headers if caller.over_http else ()
             async for message in behavior(request, context):
                 if headers:
                     await context.send_initial_metadata(headers)

@@ -14,6 +14,9 @@ class Caller:
     tenant: str
     # Metadata every reply of the call carries: the RateLimit-* fields.
     headers: tuple[tuple[str, str], ...] = ()
+    # Whether the call came through Envoy's REST transcoder or grpc-web: an HTTP client, which reads
+    # headers (a gRPC client reads the trailers that come with the status, at no extra cost).
+    over_http: bool = False
 
 
 CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")

@@ -29,7 +29,7 @@ def _tolerant(deserialize: Callable[[bytes], Any], method: str) -> Callable[[byt
 class TolerantDecoding(grpc.aio.ServerInterceptor):
     def __init__(self, services: list[str]) -> None:
         self._prefixes = tuple(f"/{service}/" for service in services)
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}  # one wrapped handler per method
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}  # one handler per method
 
     async def intercept_service(
         self,
@@ -40,8 +40,9 @@ class TolerantDecoding(grpc.aio.ServerInterceptor):
         if method in self._handlers:
             return self._handlers[method]
         handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None or not method.startswith(self._prefixes):
-            return handler
-        wrapped = handler._replace(request_deserializer=_tolerant(handler.request_deserializer, method))
-        self._handlers[method] = wrapped
-        return wrapped
+        if handler is None:
+            return handler  # unknown method: gRPC answers UNIMPLEMENTED
+        if handler.request_deserializer is not None and method.startswith(self._prefixes):
+            handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer, method))
+        self._handlers[method] = handler  # handlers are fixed per method: every call after is a lookup
+        return handler

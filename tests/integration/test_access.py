@@ -293,7 +293,7 @@ async def test_the_rate_limit_holds_across_replicas_and_says_when_to_retry(make_
         call = replicas[index % 2].stub.ListDownloads(pb.ListDownloadsRequest())
         try:
             await call
-            outcomes.append(dict(await call.initial_metadata()))
+            outcomes.append(dict(await call.trailing_metadata()))  # gRPC clients read the trailers
         except grpc.aio.AioRpcError as error:
             outcomes.append(error)
     allowed = [o for o in outcomes if isinstance(o, dict)]
