@@ -21,9 +21,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from jobs.connections import redis_client
+from jobs.keys import Keys
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server import apikeys
+from server.ratelimit import RateLimited, RateLimiter
 from tests import credentials
 from tests.conftest import SMALL_IDS
 from tests.credentials import OTHER_TOKEN, TOKEN
@@ -323,3 +326,27 @@ async def test_the_bucket_serves_artifacts_only_with_a_signature(stack) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused_list:
         fetch(listing)
     assert refused_list.value.code == 403
+
+
+async def test_high_limits_are_leased_in_blocks_and_still_hold_across_replicas(settings) -> None:
+    limit = 200  # leases of 10
+    async with redis_client(settings) as redis:
+        replicas = [RateLimiter(redis, Keys(settings.redis_prefix), limit) for _ in range(3)]
+        await asyncio.sleep(1.02 - time.time() % 1)
+        allowed, refused_calls = 0, 0
+        before = await script_calls(redis)
+        for index in range(300):
+            try:
+                await replicas[index % 3].hit(credentials.TENANT)
+                allowed += 1
+            except RateLimited:
+                refused_calls += 1
+        commands = await script_calls(redis) - before
+    assert limit - 3 * 9 <= allowed <= limit, "never over the limit; at most a lease short per replica"
+    assert refused_calls == 300 - allowed
+    assert commands <= limit / 10 + 3, f"{commands} Redis round trips for 300 calls: one per lease, not per call"
+
+
+async def script_calls(redis) -> int:  # noqa: ANN001
+    stats = await redis.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
