@@ -82,6 +82,9 @@ def test_bad_input_and_unknown_jobs_have_their_own_exit_codes(slow_gateway) -> N
     nobody = subprocess.run([*LONGHAUL, "status", str(uuid.uuid4()), "--target", f"127.0.0.1:{free_port()}"],
                             capture_output=True, text=True, timeout=60)
     assert nobody.returncode == 5 and "UNAVAILABLE" in nobody.stderr
+    no_key = subprocess.run([*LONGHAUL, "list", "--target", slow_gateway.address], capture_output=True, text=True,
+                            timeout=60, env={k: v for k, v in os.environ.items() if k != "LONGHAUL_TOKEN"})
+    assert no_key.returncode == 6 and "UNAUTHENTICATED" in no_key.stderr and "no credentials" in no_key.stderr
 
 
 def _start_download(gateway, *extra: str) -> tuple[subprocess.Popen[str], str]:  # noqa: ANN001

@@ -51,6 +51,11 @@ def test_rest_without_valid_credentials_is_401_with_the_reason(limited) -> None:
     assert web.grpc_status == 16 and "no credentials" in web.headers.get("grpc-message", ""), "trailers-only reply"
 
 
+def test_oversized_credentials_are_refused_at_envoy(limited) -> None:  # noqa: ANN001
+    status, _, _ = rest(limited.port, "POST", "/v1/download/initiate", {"file_ids": SMALL_IDS[:1]}, token="x" * 40_000)
+    assert status == 431, "headers over 32 kB never reach a server"
+
+
 def test_rest_replies_carry_ratelimit_headers_and_a_burst_gets_429(limited) -> None:  # noqa: ANN001
     next_window()
     replies = [rest(limited.port, "GET", "/v1/download/jobs") for _ in range(LIMIT + 2)]
