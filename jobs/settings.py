@@ -12,6 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names it."""
+
+
 @dataclass(frozen=True)
 class Settings:
     # Redis: job records, event histories, the queue.
@@ -118,32 +122,32 @@ class Settings:
                 try:
                     values[name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
                 except ValueError:
-                    raise ValueError(f"{var}={raw!r} is not a valid {kind}") from None
+                    raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from None
         settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
         if self.delay_min_ms < 0 or self.delay_max_ms < self.delay_min_ms:
-            raise ValueError("need 0 <= DOWNLOAD_DELAY_MIN_MS <= DOWNLOAD_DELAY_MAX_MS")
+            raise ConfigError("need 0 <= DOWNLOAD_DELAY_MIN_MS <= DOWNLOAD_DELAY_MAX_MS")
         if self.upload_part_size < 5 * 1024 * 1024:
-            raise ValueError("UPLOAD_PART_SIZE must be at least 5 MiB (the S3 minimum part size)")
+            raise ConfigError("UPLOAD_PART_SIZE must be at least 5 MiB (the S3 minimum part size)")
         if self.max_attempts < 1:
-            raise ValueError("JOB_MAX_ATTEMPTS must be at least 1")
+            raise ConfigError("JOB_MAX_ATTEMPTS must be at least 1")
         if self.heartbeat_s <= 0 or self.presign_ttl_s <= 0 or self.job_ttl_s <= 0:
-            raise ValueError("HEARTBEAT_INTERVAL_S, PRESIGN_TTL_S and JOB_TTL_S must be positive")
+            raise ConfigError("HEARTBEAT_INTERVAL_S, PRESIGN_TTL_S and JOB_TTL_S must be positive")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ValueError("set both TLS_CERT_FILE and TLS_KEY_FILE, or neither")
+            raise ConfigError("set both TLS_CERT_FILE and TLS_KEY_FILE, or neither")
         if (self.jwt_hs256_secret or self.jwt_jwks_file) and not (self.jwt_issuer and self.jwt_audience):
-            raise ValueError("JWTs need JWT_ISSUER and JWT_AUDIENCE: tokens for other services must not pass")
+            raise ConfigError("JWTs need JWT_ISSUER and JWT_AUDIENCE: tokens for other services must not pass")
         if self.jwt_hs256_secret and len(self.jwt_hs256_secret) < 32:
-            raise ValueError("JWT_HS256_SECRET must be at least 32 characters (RFC 7518 asks for 256 bits)")
+            raise ConfigError("JWT_HS256_SECRET must be at least 32 characters (RFC 7518 asks for 256 bits)")
         if self.tenant_max_active_jobs < 0 or self.tenant_requests_per_s < 0:
-            raise ValueError("TENANT_MAX_ACTIVE_JOBS and TENANT_REQUESTS_PER_S must be 0 (no limit) or more")
+            raise ConfigError("TENANT_MAX_ACTIVE_JOBS and TENANT_REQUESTS_PER_S must be 0 (no limit) or more")
         if not 0 < self.presign_ttl_s <= 604_800:
-            raise ValueError("PRESIGN_TTL_S must be between 1 and 604800 (the 7 days S3 signatures allow)")
+            raise ConfigError("PRESIGN_TTL_S must be between 1 and 604800 (the 7 days S3 signatures allow)")
         if self.housekeeping_interval_s <= 0:
-            raise ValueError("HOUSEKEEPING_INTERVAL_S must be positive")
+            raise ConfigError("HOUSEKEEPING_INTERVAL_S must be positive")
 
 
 # Environment variable -> Settings field. The README's settings table mirrors this.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 import uvloop
 
 from jobs.logs import setup_logging
-from jobs.settings import Settings
+from jobs.settings import ConfigError, Settings
 from server.app import LonghaulServer
 
 
@@ -27,8 +28,11 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     setup_logging("server")
-    # uvloop: the same asyncio API with a faster loop; grpc.aio runs on it unchanged.
-    uvloop.run(serve(Settings.from_env()))
+    try:
+        # uvloop: the same asyncio API with a faster loop; grpc.aio runs on it unchanged.
+        uvloop.run(serve(Settings.from_env()))
+    except ConfigError as error:
+        sys.exit(f"server: {error}")
 
 
 if __name__ == "__main__":

@@ -45,16 +45,17 @@ class Gatekeeper(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler  # unknown method: gRPC answers UNIMPLEMENTED
-        if not method.startswith(self._prefixes):
-            pass  # health and reflection are open
-        elif handler.unary_unary is not None:
-            handler = handler._replace(unary_unary=self._unary(handler.unary_unary))
-        elif handler.unary_stream is not None:
-            handler = handler._replace(unary_stream=self._stream(handler.unary_stream))
-        else:
-            raise TypeError(f"{method}: only unary and server-streaming methods are guarded")
+        if method.startswith(self._prefixes):  # health and reflection stay open
+            handler = self._guarded(method, handler)
         self._handlers[method] = handler  # handlers are fixed per method: every call after is a lookup
         return handler
+
+    def _guarded(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=self._unary(handler.unary_unary))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=self._stream(handler.unary_stream))
+        raise TypeError(f"{method}: only unary and server-streaming methods are guarded")
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> Caller:
         metadata = context.invocation_metadata() or ()

@@ -14,7 +14,7 @@ from typing import Any
 
 import jwt
 
-from jobs.settings import Settings
+from jobs.settings import ConfigError, Settings
 from jobs.tenants import valid_tenant
 from server.apikeys import KeyFile, key_id_of
 
@@ -44,8 +44,11 @@ def bearer(metadata: Iterable[tuple[str, Any]]) -> str:
 class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._keys = KeyFile(settings.api_keys_file)
-        self._jwks = _load_jwks(settings.jwt_jwks_file) if settings.jwt_jwks_file else {}
+        try:
+            self._keys = KeyFile(settings.api_keys_file)
+            self._jwks = _load_jwks(settings.jwt_jwks_file) if settings.jwt_jwks_file else {}
+        except (OSError, ValueError, jwt.PyJWTError) as error:
+            raise ConfigError(f"the credentials settings (API_KEYS_FILE, JWT_JWKS_FILE) cannot work: {error}") from error
         self._verified: dict[str, tuple[str, float]] = {}
 
     def tenant(self, metadata: Iterable[tuple[str, Any]]) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from jobs.logs import setup_logging
-from jobs.settings import Settings
+from jobs.settings import ConfigError, Settings
 from worker.runner import WorkerRunner
 
 
@@ -25,7 +26,10 @@ async def work(settings: Settings) -> None:
 
 def main() -> None:
     setup_logging("worker")
-    asyncio.run(work(Settings.from_env()))
+    try:
+        asyncio.run(work(Settings.from_env()))
+    except ConfigError as error:
+        sys.exit(f"worker: {error}")
 
 
 if __name__ == "__main__":
