@@ -54,7 +54,7 @@ def run(env: BenchEnv, streams: int) -> list[Row]:
     per_stream_kb = (rss_after - rss_before) * 1024 / max(opened, 1)
     return [
         Row(
-            f"idle WatchProgress streams held by one server process",
+            "idle WatchProgress streams held by one server process",
             f"{opened:,} open (all opened in {open_s:.1f} s); {per_stream_kb:.1f} kB RSS each "
             f"({rss_before:.0f} -> {rss_after:.0f} MB)",
             "",

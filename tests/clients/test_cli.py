@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 import zipfile
-from pathlib import Path
 
 import pytest
 

