@@ -7,6 +7,7 @@ build settings directly and nothing leaks between them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ class Settings:
     # Per tenant, shared by all replicas through Redis; 0 switches a limit off.
     tenant_max_active_jobs: int = 3
     tenant_requests_per_s: int = 50
+    # Tenants with limits of their own: "tenant=ACTIVE/PER_S,..." (e.g. "batch=50/1000,dev=3/20").
+    tenant_limits: str = ""
     shutdown_grace_s: float = 5.0
 
     # Worker.
@@ -97,6 +100,22 @@ class Settings:
     # A job still missing from the queue this long after it was written is enqueued by housekeeping
     # (its server died between writing and enqueueing it).
     enqueue_grace_s: float = 30.0
+
+    @functools.cached_property
+    def limits_by_tenant(self) -> dict[str, tuple[int, int]]:
+        """TENANT_LIMITS as {tenant: (max active jobs, requests per second)}."""
+        limits: dict[str, tuple[int, int]] = {}
+        for entry in filter(None, (part.strip() for part in self.tenant_limits.split(","))):
+            tenant, _, numbers = entry.rpartition("=")
+            active, _, per_s = numbers.partition("/")
+            if not (tenant and active.isdigit() and per_s.isdigit()):
+                raise ConfigError(f"TENANT_LIMITS entry {entry!r}: write tenant=ACTIVE/PER_S, e.g. batch=50/1000")
+            limits[tenant] = (int(active), int(per_s))
+        return limits
+
+    def limits_for(self, tenant: str) -> tuple[int, int]:
+        """(max active jobs, requests per second) of `tenant`; 0 means no limit."""
+        return self.limits_by_tenant.get(tenant, (self.tenant_max_active_jobs, self.tenant_requests_per_s))
 
     @property
     def presign_endpoint(self) -> str:
@@ -144,6 +163,7 @@ class Settings:
             raise ConfigError("JWT_HS256_SECRET must be at least 32 characters (RFC 7518 asks for 256 bits)")
         if self.tenant_max_active_jobs < 0 or self.tenant_requests_per_s < 0:
             raise ConfigError("TENANT_MAX_ACTIVE_JOBS and TENANT_REQUESTS_PER_S must be 0 (no limit) or more")
+        self.limits_by_tenant  # noqa: B018 - parses TENANT_LIMITS, raising on a bad entry
         if not 0 < self.presign_ttl_s <= 604_800:
             raise ConfigError("PRESIGN_TTL_S must be between 1 and 604800 (the 7 days S3 signatures allow)")
         if self.housekeeping_interval_s <= 0:
@@ -181,6 +201,7 @@ ENV_VARS: dict[str, str] = {
     "JWT_TENANT_CLAIM": "jwt_tenant_claim",
     "TENANT_MAX_ACTIVE_JOBS": "tenant_max_active_jobs",
     "TENANT_REQUESTS_PER_S": "tenant_requests_per_s",
+    "TENANT_LIMITS": "tenant_limits",
     "SHUTDOWN_GRACE_S": "shutdown_grace_s",
     "WORKER_CONCURRENCY": "worker_concurrency",
     "WORKER_NAME": "worker_name",

@@ -100,7 +100,7 @@ class JobStore:
             f"{max(created - retention_s * 1000, 0):013d}",
             created,
             json.dumps(fields, separators=(",", ":")),
-            self.settings.tenant_max_active_jobs,
+            self.settings.limits_for(tenant)[0],
             k.job(""),
         ]
         outcome = await self._create(keys=keys, args=args)

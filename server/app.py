@@ -88,7 +88,7 @@ class LonghaulServer:
         self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME])
         presigner = Presigner(s)
         authenticator = Authenticator(s)
-        limiter = RateLimiter(redis, store.keys, s.tenant_requests_per_s)
+        limiter = RateLimiter(redis, store.keys, s)
         self._http = HttpSide(store, presigner, self._health, authenticator, limiter)
 
         guarded = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from jobs.keys import Keys
+from jobs.settings import Settings
 from jobs.tenants import tenant_slug
 
 
@@ -76,17 +77,18 @@ class _Window:
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, keys: Keys, per_second: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, settings: Settings) -> None:
         self._keys = keys
-        self._limit = per_second
-        self._lease_size = max(1, min(per_second // 20, _MAX_LEASE))
+        self._settings = settings
         self._lease = redis.register_script(_LEASE)
         self._windows: dict[str, _Window] = {}
 
     async def hit(self, tenant: str) -> Allowance | None:
         """Counts one request; raises RateLimited over the limit. None when there is no limit."""
-        if not self._limit:
+        limit = self._settings.limits_for(tenant)[1]
+        if not limit:
             return None
+        lease_size = max(1, min(limit // 20, _MAX_LEASE))
         now = time.time()
         second = int(now)
         window = self._windows.get(tenant)
@@ -95,15 +97,15 @@ class RateLimiter:
                 self._windows = {t: w for t, w in self._windows.items() if w.second == second}
             window = self._windows[tenant] = _Window(second)
         if window.spent:
-            raise RateLimited(Allowance(self._limit, 0, second + 1 - now))
+            raise RateLimited(Allowance(limit, 0, second + 1 - now))
         if not window.leased:
             key = self._keys.rate(tenant_slug(tenant), second)
-            count = await self._lease(keys=[key], args=[self._lease_size])
+            count = await self._lease(keys=[key], args=[lease_size])
             window.count = max(window.count, count)
-            window.leased += max(0, min(self._lease_size, self._limit - (count - self._lease_size)))
+            window.leased += max(0, min(lease_size, limit - (count - lease_size)))
             if not window.leased:
                 window.spent = True
-                raise RateLimited(Allowance(self._limit, 0, second + 1 - now))
+                raise RateLimited(Allowance(limit, 0, second + 1 - now))
         window.leased -= 1
-        remaining = max(self._limit - window.count, 0) + window.leased
-        return Allowance(self._limit, remaining, second + 1 - now)
+        remaining = max(limit - window.count, 0) + window.leased
+        return Allowance(limit, remaining, second + 1 - now)

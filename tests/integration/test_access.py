@@ -326,10 +326,32 @@ async def test_the_bucket_serves_artifacts_only_with_a_signature(stack) -> None:
     assert refused_list.value.code == 403
 
 
+async def test_a_tenant_can_have_limits_of_its_own(make_stack) -> None:
+    stack = await make_stack(
+        workers=0, tenant_max_active_jobs=0, tenant_requests_per_s=0, tenant_limits=f"{credentials.OTHER_TENANT}=1/3"
+    )
+    theirs = credentials.bearer(OTHER_TOKEN)
+    await initiate(stack.stub, SMALL_IDS[:1], metadata=theirs)
+    error = await refused(initiate(stack.stub, SMALL_IDS[1:2], metadata=theirs))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 downloads" in error.details()
+    for index in range(5):
+        await initiate(stack.stub, SMALL_IDS[index : index + 1])  # the default: no limits
+    await asyncio.sleep(1.02 - time.time() % 1)
+    outcomes = []
+    for _ in range(4):
+        try:
+            await stack.stub.ListDownloads(pb.ListDownloadsRequest(), metadata=theirs)
+            outcomes.append("ok")
+        except grpc.aio.AioRpcError as error:
+            outcomes.append(error.code().name)
+    assert outcomes == ["ok", "ok", "ok", "RESOURCE_EXHAUSTED"]
+
+
 async def test_high_limits_are_leased_in_blocks_and_still_hold_across_replicas(settings) -> None:
     limit = 200  # leases of 10
     async with redis_client(settings) as redis:
-        replicas = [RateLimiter(redis, Keys(settings.redis_prefix), limit) for _ in range(3)]
+        own = settings.replace(tenant_requests_per_s=limit)
+        replicas = [RateLimiter(redis, Keys(settings.redis_prefix), own) for _ in range(3)]
         await asyncio.sleep(1.02 - time.time() % 1)
         allowed, refused_calls = 0, 0
         before = await script_calls(redis)
