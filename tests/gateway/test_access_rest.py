@@ -93,6 +93,7 @@ def test_no_secret_reaches_the_logs(limited) -> None:  # noqa: ANN001
     job_id = reply["job"]["jobId"]
     events = sse(limited.port, f"/v1/download/{job_id}/events", token=OTHER_TOKEN,
                  until=lambda event: event.get("job", {}).get("state") == "JOB_STATE_COMPLETED")
+    assert events.headers["ratelimit-limit"] == str(LIMIT), "a stream's headers carry them too"
     url = events.events[-1][1]["job"]["result"]["downloadUrl"]
     signature = url.split("X-Amz-Signature=")[1].split("&")[0]
     assert fetch(url)
