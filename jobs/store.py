@@ -112,12 +112,12 @@ class JobStore:
             raise QuotaExceeded(tenant, int(outcome[1]))
         return await self.get(outcome[1], tenant), False
 
-    async def forget(self, job_id: str, tenant: str = "") -> None:
-        """Removes every trace of a job, whatever its state (its artifact is deleted soon after).
-        Used for a job that could not be enqueued, too, so a failed create leaves nothing behind."""
+    async def forget(self, job_id: str, tenant: str | None = None) -> None:
+        """Removes every trace of one of `tenant`'s jobs (None: any job), whatever its state; its artifact
+        is deleted soon after. Also undoes a create whose enqueue failed, so it leaves nothing behind."""
         k = self.keys
         keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.outbox, k.sweep]
-        if not await self._forget(keys=keys, args=[job_id, now_ms(), tenant]):
+        if not await self._forget(keys=keys, args=[job_id, now_ms(), tenant or ""]):
             raise JobNotFound(job_id)
 
     # -- reading -------------------------------------------------------------------------------

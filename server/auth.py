@@ -24,6 +24,10 @@ _CACHE_LIMIT = 10_000
 _CACHE_S = 30.0
 
 
+# The challenge HTTP clients get with a 401 (RFC 6750).
+WWW_AUTHENTICATE = 'Bearer realm="longhaul"'
+
+
 class Unauthenticated(Exception):
     pass
 

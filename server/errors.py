@@ -20,7 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from redis.exceptions import RedisError
 
 from jobs.errors import HistoryAhead, IdempotencyConflict, JobAlreadyFinished, JobNotFound, QuotaExceeded
-from server.auth import Unauthenticated
+from server.auth import WWW_AUTHENTICATE, Unauthenticated
 from server.caller import reply_headers
 from server.ratelimit import RateLimited
 from server.validation import InvalidRequest
@@ -91,7 +91,7 @@ def _metadata_for(error: Exception) -> tuple[tuple[str, str], ...]:
     if isinstance(error, QuotaExceeded):
         return (("retry-after", str(QUOTA_RETRY_S)),)
     if isinstance(error, Unauthenticated):
-        return (("www-authenticate", 'Bearer realm="longhaul"'),)
+        return (("www-authenticate", WWW_AUTHENTICATE),)
     return ()
 
 

@@ -22,7 +22,7 @@ from jobs.model import F, State
 from jobs.store import JobStore
 from server import validation
 from server.convert import Presigner
-from server.auth import Authenticator, Unauthenticated
+from server.auth import WWW_AUTHENTICATE, Authenticator, Unauthenticated
 from server.health import HealthMonitor
 from server.ratelimit import RateLimited, RateLimiter
 from server.validation import InvalidRequest
@@ -105,7 +105,7 @@ class HttpSide:
             job_id = validation.job_id(request.match_info["job_id"])
             job = await self._store.get(job_id, tenant, with_file_ids=False)
         except Unauthenticated as error:
-            return _json(401, {"code": 16, "message": str(error)}, {"www-authenticate": 'Bearer realm="longhaul"'})
+            return _json(401, {"code": 16, "message": str(error)}, {"www-authenticate": WWW_AUTHENTICATE})
         except RateLimited as error:
             return _json(429, {"code": 8, "message": str(error)}, error.headers)
         except InvalidRequest as error:
