@@ -20,6 +20,7 @@ import grpc
 from server.auth import Authenticator
 from server.caller import CALLER, Caller
 from server.errors import abort
+from server.interceptors import PerMethodInterceptor
 from server.ratelimit import RateLimiter
 
 # Headers Envoy adds to a call it made from an HTTP request: the REST transcoder's record of the
@@ -27,30 +28,16 @@ from server.ratelimit import RateLimiter
 _SET_BY_HTTP_GATEWAYS = frozenset({"x-envoy-original-path", "x-grpc-web"})
 
 
-class Gatekeeper(grpc.aio.ServerInterceptor):
+class Gatekeeper(PerMethodInterceptor):
     def __init__(self, authenticator: Authenticator, limiter: RateLimiter, services: list[str]) -> None:
+        super().__init__()
         self._authenticator = authenticator
         self._limiter = limiter
         self._prefixes = tuple(f"/{service}/" for service in services)
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}  # one handler per method
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = details.method
-        if method in self._handlers:
-            return self._handlers[method]
-        handler = await continuation(details)
-        if handler is None:
-            return handler  # unknown method: gRPC answers UNIMPLEMENTED
-        if method.startswith(self._prefixes):  # health and reflection stay open
-            handler = self._guarded(method, handler)
-        self._handlers[method] = handler  # handlers are fixed per method: every call after is a lookup
-        return handler
-
-    def _guarded(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def adapt(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if not method.startswith(self._prefixes):
+            return handler  # health and reflection stay open
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self._unary(handler.unary_unary))
         if handler.unary_stream is not None:

@@ -7,13 +7,14 @@ MalformedRequest value instead; `grpc_errors` then answers INVALID_ARGUMENT with
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from server.errors import MalformedRequest
+from server.interceptors import PerMethodInterceptor
 
 
 def _tolerant(deserialize: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
@@ -26,23 +27,12 @@ def _tolerant(deserialize: Callable[[bytes], Any], method: str) -> Callable[[byt
     return parse
 
 
-class TolerantDecoding(grpc.aio.ServerInterceptor):
+class TolerantDecoding(PerMethodInterceptor):
     def __init__(self, services: list[str]) -> None:
+        super().__init__()
         self._prefixes = tuple(f"/{service}/" for service in services)
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}  # one handler per method
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = details.method
-        if method in self._handlers:
-            return self._handlers[method]
-        handler = await continuation(details)
-        if handler is None:
-            return handler  # unknown method: gRPC answers UNIMPLEMENTED
-        if handler.request_deserializer is not None and method.startswith(self._prefixes):
-            handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer, method))
-        self._handlers[method] = handler  # handlers are fixed per method: every call after is a lookup
-        return handler
+    def adapt(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.request_deserializer is None or not method.startswith(self._prefixes):
+            return handler
+        return handler._replace(request_deserializer=_tolerant(handler.request_deserializer, method))

@@ -1,0 +1,32 @@
+"""The shape our server interceptors share: adapt each method's handler once, then look it up."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+
+class PerMethodInterceptor(grpc.aio.ServerInterceptor):
+    """Handlers are fixed per method, so each is adapted on its method's first call and every later
+    call is a dict lookup (this runs for every call, health checks included)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        if method in self._handlers:
+            return self._handlers[method]
+        handler = await continuation(details)
+        if handler is None:
+            return handler  # unknown method: gRPC answers UNIMPLEMENTED
+        adapted = self._handlers[method] = self.adapt(method, handler)
+        return adapted
+
+    def adapt(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
