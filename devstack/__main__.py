@@ -70,12 +70,11 @@ class Stack:
         plain, hashed = self.data_dir / "dev-api-key", self.data_dir / "dev-api-keys"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         key = plain.read_text().strip() if plain.exists() else ""
-        if not key_id_of(key):
+        key_id = key_id_of(key)
+        if not key_id:
             key_id, key = new_key()
             plain.write_text(key + "\n")
             plain.chmod(0o600)
-        else:
-            key_id = key_id_of(key)
         hashed.write_text(entry_line(key_id, key, "dev", "development key made by make run") + "\n")
         self.settings = s.replace(api_keys_file=str(hashed))
         self.dev_key = key

@@ -15,6 +15,8 @@
     {p}:q:{queue}:*       bullmq's own keys for the work queue
 
 {t} is the tenant's slug (jobs.tenants.tenant_slug): no ":" in it, so no two tenants' keys meet.
+A job record keeps its tenant's prefix (`tenant_key`, from Keys.tenant); transition.lua and
+forget.lua append ":jobs", ":active" and ":idem:{rid}" to it, so those suffixes live there too.
 """
 
 from __future__ import annotations

@@ -133,6 +133,7 @@ class KeyFile:
         before = self._stamp
         try:
             self.reload()
+            self._last_error = ""
         except (OSError, ValueError) as error:
             if str(error) != self._last_error:  # once per problem, not once per call
                 log.error("API keys: %s; keeping the previous keys", error)

@@ -39,10 +39,8 @@ redis.call("HSET", KEYS[1], unpack(fields))
 
 local all = redis.call("HGETALL", KEYS[1])
 local event = {ev = ARGV[4]}
-local record = {}
 for i = 1, #all, 2 do
   local k = all[i]
-  record[k] = all[i + 1]
   if k ~= "file_ids" and k ~= "token" then event[k] = all[i + 1] end
 end
 local payload = cjson.encode(event)
@@ -51,9 +49,10 @@ redis.call("PUBLISH", ARGV[3], ARGV[9] .. "\n" .. payload)
 if new_state and terminal[new_state] then
   redis.call("EXPIRE", KEYS[1], ARGV[7])
   redis.call("EXPIRE", KEYS[2], ARGV[7])
-  redis.call("SET", KEYS[3], record["tenant"], "EX", ARGV[8])
-  redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, record["artifact_key"])
-  redis.call("SREM", record["tenant_key"] .. ":active", ARGV[9])
+  local owner = redis.call("HMGET", KEYS[1], "tenant", "tenant_key", "artifact_key")
+  redis.call("SET", KEYS[3], owner[1], "EX", ARGV[8])
+  redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, owner[3])
+  redis.call("SREM", owner[2] .. ":active", ARGV[9])
 end
 if claim_token ~= "" then
   -- The claiming worker needs the file ids next: saves it a round trip.
