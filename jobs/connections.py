@@ -14,6 +14,7 @@ from redis.backoff import ExponentialBackoff
 from redis.connection import parse_url
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
+from jobs.multiplex import MultiplexedRedis
 from jobs.settings import Settings
 
 # Blocking queue reads wait up to 10 s; a shorter socket timeout turns every idle wait into an
@@ -43,6 +44,11 @@ def redis_client(settings: Settings, **overrides: Any) -> Redis:
         settings.redis_url, max_connections=_MAX_CONNECTIONS, timeout=_SOCKET_TIMEOUT_S, **options
     )
     return Redis.from_pool(pool)  # closing the client closes the pool
+
+
+def multiplexed_redis(settings: Settings) -> MultiplexedRedis:
+    """One connection for the per-call commands of a busy process (multiplex.py says why)."""
+    return MultiplexedRedis(settings.redis_url, timeout_s=_SOCKET_TIMEOUT_S)
 
 
 def bullmq_connection(settings: Settings) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from jobs.errors import (
 )
 from jobs.keys import Keys, index_member
 from jobs.model import F, EventType, Phase, Priority, State
+from jobs.multiplex import MultiplexedRedis
 from jobs.settings import Settings
 from jobs.storage import artifact_key
 from jobs.tenants import tenant_slug
@@ -47,13 +48,16 @@ def fingerprint(file_ids: Iterable[int]) -> str:
 
 
 class JobStore:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, commands: MultiplexedRedis | Redis | None = None) -> None:
+        """`commands` carries the per-call commands (reads of one job, the scripts); by default
+        `redis`, which also serves the rest (listing, histories)."""
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
-        self._create = redis.register_script(lua_script("create"))
-        self._transition = redis.register_script(lua_script("transition"))
-        self._forget = redis.register_script(lua_script("forget"))
+        self._commands = commands or redis
+        self._create = self._commands.register_script(lua_script("create"))
+        self._transition = self._commands.register_script(lua_script("transition"))
+        self._forget = self._commands.register_script(lua_script("forget"))
 
     # -- creating ------------------------------------------------------------------------------
 
@@ -125,7 +129,7 @@ class JobStore:
     async def get(self, job_id: str, tenant: str | None, with_file_ids: bool = True) -> Fields:
         """The job record; an expired job reads as a stub in state EXPIRED. Another tenant's job is
         not found (tenant None: the caller is the service itself, e.g. a worker)."""
-        record = await self.redis.hgetall(self.keys.job(job_id))  # the tombstone only matters without it
+        record = await self._commands.hgetall(self.keys.job(job_id))  # the tombstone only matters without it
         if record:
             if tenant is not None and record.get(F.TENANT) != tenant:
                 raise JobNotFound(job_id)
@@ -133,13 +137,13 @@ class JobStore:
                 record.pop(F.FILE_IDS, None)
             record.pop(F.TOKEN, None)
             return record
-        owner = await self.redis.get(self.keys.tombstone(job_id))
+        owner = await self._commands.get(self.keys.tombstone(job_id))
         if owner is not None and (tenant is None or owner == tenant):
             return expired_stub(job_id)
         raise JobNotFound(job_id)
 
     async def latest_seq(self, job_id: str) -> int:
-        return int(await self.redis.hget(self.keys.job(job_id), F.SEQ) or 0)
+        return int(await self._commands.hget(self.keys.job(job_id), F.SEQ) or 0)
 
     async def events_after(self, job_id: str, after_seq: int) -> list[Fields] | None:
         """The events after `after_seq`, oldest first, or None when part of that history is gone."""
@@ -228,7 +232,7 @@ class JobStore:
             expect_tenant=tenant,
         )
         if outcome[0] == "ok":
-            await self.redis.publish(self.keys.cancel_channel, job_id)
+            await self._commands.publish(self.keys.cancel_channel, job_id)
             return json.loads(outcome[2])
         if outcome[0] == "missing":
             return await self.get(job_id, tenant, with_file_ids=False)  # raises NotFound, or reads EXPIRED

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from jobs.connections import redis_client, s3_client_kwargs, s3_session
+from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -81,14 +81,16 @@ class LonghaulServer:
         s = self.settings
         redis = redis_client(s)
         self._exit_stack.push_async_callback(redis.aclose)
+        commands = multiplexed_redis(s)
+        self._exit_stack.push_async_callback(commands.aclose)
         s3 = await self._exit_stack.enter_async_context(s3_session().client("s3", **s3_client_kwargs(s)))
-        store = JobStore(redis, s)
+        store = JobStore(redis, s, commands)
         self._queue = JobQueue(s)
         self._hub = WatchHub(redis, store.keys)
         self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME])
         presigner = Presigner(s)
         authenticator = Authenticator(s)
-        limiter = RateLimiter(redis, store.keys, s)
+        limiter = RateLimiter(commands, store.keys, s)
         self._http = HttpSide(store, presigner, self._health, authenticator, limiter)
 
         guarded = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from jobs.keys import Keys
+from jobs.multiplex import MultiplexedRedis
 from jobs.settings import Settings
 from jobs.tenants import tenant_slug
 
@@ -77,7 +78,7 @@ class _Window:
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, keys: Keys, settings: Settings) -> None:
+    def __init__(self, redis: Redis | MultiplexedRedis, keys: Keys, settings: Settings) -> None:
         self._keys = keys
         self._settings = settings
         self._lease = redis.register_script(_LEASE)

@@ -17,7 +17,7 @@ from typing import Any
 from bullmq import Job as QueueJob
 from bullmq.custom_errors import DelayedError
 
-from jobs.connections import redis_client, s3_client_kwargs, s3_session
+from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
 from jobs.errors import RunSuperseded
 from jobs.model import F, EventType, Phase, State
 from jobs.queue import JobQueue
@@ -42,7 +42,8 @@ class WorkerRunner:
         self.settings = settings
         self.name = settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
         self._redis = redis_client(settings)
-        self._store = JobStore(self._redis, settings)
+        self._commands = multiplexed_redis(settings)
+        self._store = JobStore(self._redis, settings, self._commands)
         self._queue = JobQueue(settings)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
@@ -92,6 +93,7 @@ class WorkerRunner:
         await asyncio.gather(*background, return_exceptions=True)
         await self._queue.close()
         await self._exit_stack.aclose()
+        await self._commands.aclose()
         await self._redis.aclose()
 
     async def _process(self, queue_job: QueueJob, queue_token: str) -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jobs.connections import redis_client
+from jobs.connections import multiplexed_redis, redis_client
 from jobs.errors import JobNotFound, QuotaExceeded, RunSuperseded
 from jobs.model import F, EventType, State
 from jobs.schedule import Schedule
@@ -17,10 +17,15 @@ from jobs.tenants import tenant_slug
 from tests.credentials import OTHER_TENANT, TENANT
 
 
-@pytest.fixture
-async def store(settings):
+@pytest.fixture(params=["pooled", "multiplexed"])
+async def store(settings, request):
+    """Every guarantee holds whichever client carries the per-call commands (the server and workers
+    use the multiplexed one)."""
     redis = redis_client(settings)
-    yield JobStore(redis, settings)
+    commands = multiplexed_redis(settings) if request.param == "multiplexed" else None
+    yield JobStore(redis, settings, commands)
+    if commands is not None:
+        await commands.aclose()
     await redis.aclose()
 
 
