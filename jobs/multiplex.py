@@ -20,6 +20,7 @@ import collections
 import hashlib
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -53,12 +54,14 @@ def pack(args: tuple[Any, ...]) -> bytes:
 class _Protocol(asyncio.Protocol):
     """One connection: writes batched per event-loop turn, replies matched to commands in order."""
 
-    def __init__(self, on_lost: Any) -> None:
+    def __init__(self, on_lost: Callable[[_Protocol], None], on_push: Callable[[Any], None] | None = None) -> None:
         self._reader = hiredis.Reader(encoding="utf-8", replyError=ResponseError)
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._outgoing: list[bytes] = []
         self._transport: asyncio.Transport | None = None
         self._on_lost = on_lost
+        # A subscribed connection also receives messages nobody asked for (pub/sub pushes).
+        self._on_push = on_push
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,6 +88,9 @@ class _Protocol(asyncio.Protocol):
         self._reader.feed(data)
         try:
             while (reply := self._reader.gets()) is not False:
+                if not self._waiting and self._on_push is not None:
+                    self._on_push(reply)
+                    continue
                 future, _ = self._waiting.popleft()
                 if not future.done():
                     if isinstance(reply, ResponseError):
@@ -116,11 +122,50 @@ class _Protocol(asyncio.Protocol):
         self._on_lost(self)
 
 
-class MultiplexedRedis:
-    """The subset of redis-py's asyncio client that the hot paths use, over one shared connection."""
+async def open_protocol(
+    options: dict[str, Any], on_lost: Callable[[_Protocol], None], on_push: Callable[[Any], None] | None = None
+) -> _Protocol:
+    """A connection to Redis as `options` (redis-py's parse_url) describe it, authenticated and on
+    its database."""
+    loop = asyncio.get_running_loop()
+    kind = options.get("connection_class")
+    try:
+        if kind is UnixDomainSocketConnection:
+            _, protocol = await loop.create_unix_connection(lambda: _Protocol(on_lost, on_push), options["path"])
+        else:
+            tls = ssl.create_default_context() if kind is SSLConnection else None
+            _, protocol = await loop.create_connection(
+                lambda: _Protocol(on_lost, on_push), options.get("host", "localhost"), options.get("port", 6379), ssl=tls
+            )
+    except OSError as error:
+        raise ConnectionError(f"cannot connect to Redis: {error}") from error
+    try:
+        if options.get("password"):
+            auth = (options["username"], options["password"]) if options.get("username") else (options["password"],)
+            await protocol.send(pack(("AUTH", *auth)))
+        if options.get("db"):
+            await protocol.send(pack(("SELECT", options["db"])))
+    except BaseException:
+        protocol.abort(ConnectionError("connection set-up failed"))
+        raise
+    return protocol
 
-    def __init__(self, url: str, timeout_s: float = 30, connect_timeout_s: float = 5) -> None:
-        self._options = parse_url(url)
+
+class MultiplexedRedis:
+    """The subset of redis-py's asyncio client that the hot paths use, over one shared connection.
+
+    `setup`, when given, names commands to run on each new connection before any other (e.g. to
+    turn on client-side caching); `reconnect()` makes the next command open a fresh one."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 30,
+        connect_timeout_s: float = 5,
+        setup: Callable[[], list[tuple[Any, ...]]] | None = None,
+    ) -> None:
+        self.options = parse_url(url)
+        self._setup = setup
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._protocol: _Protocol | None = None
@@ -163,7 +208,6 @@ class MultiplexedRedis:
             self._watchdog = None
         if self._protocol is not None:
             self._protocol.abort(ConnectionError("client closed"))
-            self._protocol = None
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -180,25 +224,19 @@ class MultiplexedRedis:
             return protocol
 
     async def _open(self) -> _Protocol:
-        o = self._options
-        loop = asyncio.get_running_loop()
-        kind = o.get("connection_class")
+        protocol = await open_protocol(self.options, self._lost)
         try:
-            if kind is UnixDomainSocketConnection:
-                _, protocol = await loop.create_unix_connection(lambda: _Protocol(self._lost), o["path"])
-            else:
-                tls = ssl.create_default_context() if kind is SSLConnection else None
-                _, protocol = await loop.create_connection(
-                    lambda: _Protocol(self._lost), o.get("host", "localhost"), o.get("port", 6379), ssl=tls
-                )
-        except OSError as error:
-            raise ConnectionError(f"cannot connect to Redis: {error}") from error
-        if o.get("password"):
-            auth = (o["username"], o["password"]) if o.get("username") else (o["password"],)
-            await protocol.send(pack(("AUTH", *auth)))
-        if o.get("db"):
-            await protocol.send(pack(("SELECT", o["db"])))
+            for command in self._setup() if self._setup else ():
+                await protocol.send(pack(command))
+        except BaseException:
+            protocol.abort(ConnectionError("connection set-up failed"))
+            raise
         return protocol
+
+    def reconnect(self) -> None:
+        """Drops the connection (commands in flight fail over to the next one, as on any loss)."""
+        if self._protocol is not None:
+            self._protocol.abort(ConnectionError("reconnecting"))
 
     def _lost(self, protocol: _Protocol) -> None:
         if self._protocol is protocol:

@@ -56,6 +56,9 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     health_check_interval_s: float = 5.0
+    # Job records a server keeps in memory for GetStatus, kept coherent by Redis (server/records.py);
+    # about 4 kB each. 0 turns the cache off.
+    record_cache_size: int = 5_000
 
     # Who may call (README "Security model"). API keys live hashed in this file, one per line
     # (`python -m server.apikeys` writes it); it is re-read when it changes, so keys rotate
@@ -166,6 +169,8 @@ class Settings:
         self.limits_by_tenant  # noqa: B018 - parses TENANT_LIMITS, raising on a bad entry
         if not 0 < self.presign_ttl_s <= 604_800:
             raise ConfigError("PRESIGN_TTL_S must be between 1 and 604800 (the 7 days S3 signatures allow)")
+        if self.record_cache_size < 0:
+            raise ConfigError("RECORD_CACHE_SIZE must be 0 (off) or more")
         if self.housekeeping_interval_s <= 0:
             raise ConfigError("HOUSEKEEPING_INTERVAL_S must be positive")
 
@@ -193,6 +198,7 @@ ENV_VARS: dict[str, str] = {
     "TLS_CERT_FILE": "tls_cert_file",
     "TLS_KEY_FILE": "tls_key_file",
     "HEALTH_CHECK_INTERVAL_S": "health_check_interval_s",
+    "RECORD_CACHE_SIZE": "record_cache_size",
     "API_KEYS_FILE": "api_keys_file",
     "JWT_HS256_SECRET": "jwt_hs256_secret",
     "JWT_JWKS_FILE": "jwt_jwks_file",

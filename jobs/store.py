@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -55,6 +55,8 @@ class JobStore:
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
         self._commands = commands or redis
+        # Told the id of each job this process changed, once the change is in Redis (records.py).
+        self.on_write: Callable[[str], None] = lambda job_id: None
         self._create = self._commands.register_script(lua_script("create"))
         self._transition = self._commands.register_script(lua_script("transition"))
         self._forget = self._commands.register_script(lua_script("forget"))
@@ -121,7 +123,9 @@ class JobStore:
         is deleted soon after. Also undoes a create whose enqueue failed, so it leaves nothing behind."""
         k = self.keys
         keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.outbox, k.sweep]
-        if not await self._forget(keys=keys, args=[job_id, now_ms(), tenant or ""]):
+        forgotten = await self._forget(keys=keys, args=[job_id, now_ms(), tenant or ""])
+        self.on_write(job_id)
+        if not forgotten:
             raise JobNotFound(job_id)
 
     # -- reading -------------------------------------------------------------------------------
@@ -265,7 +269,9 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.tombstone(job_id), self.keys.sweep]
-        return await self._transition(keys=keys, args=args)
+        outcome = await self._transition(keys=keys, args=args)
+        self.on_write(job_id)
+        return outcome
 
 
 def finish_fields(state: State, settings: Settings, message: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from server.decoding import TolerantDecoding
 from server.health import HealthMonitor
 from server.http import HttpSide
 from server.ratelimit import RateLimiter
+from server.records import RecordCache
 from server.servicer import SERVICE_NAME, DownloadServicer
 from server.watch import WatchHub
 
@@ -72,6 +73,7 @@ class LonghaulServer:
         self._exit_stack = contextlib.AsyncExitStack()
         self._server: grpc.aio.Server | None = None
         self._hub: WatchHub | None = None
+        self._records: RecordCache | None = None
         self._health: HealthMonitor | None = None
         self._queue: JobQueue | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -85,8 +87,13 @@ class LonghaulServer:
         self._exit_stack.push_async_callback(commands.aclose)
         s3 = await self._exit_stack.enter_async_context(s3_session().client("s3", **s3_client_kwargs(s)))
         store = JobStore(redis, s, commands)
+        records: RecordCache | JobStore = store
+        if s.record_cache_size:
+            self._records = records = RecordCache(store, s.redis_url, s.record_cache_size)
+            store.on_write = self._records.drop
         self._queue = JobQueue(s)
-        self._hub = WatchHub(redis, store.keys)
+        # Every job event the hub relays also drops the job's cached record.
+        self._hub = WatchHub(redis, store.keys, on_event=store.on_write)
         self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME])
         presigner = Presigner(s)
         authenticator = Authenticator(s)
@@ -99,9 +106,9 @@ class LonghaulServer:
             interceptors=[TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)],
         )
         pb_grpc.add_DownloadServiceServicer_to_server(
-            DownloadServicer(s, store, self._queue, self._hub, presigner, s3), server
+            DownloadServicer(s, store, records, self._queue, self._hub, presigner, s3), server
         )
-        operations.add_to_server(operations.OperationsServicer(store, self._hub, presigner, s.heartbeat_s), server)
+        operations.add_to_server(operations.OperationsServicer(store, records, self._hub, presigner, s.heartbeat_s), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection(
@@ -115,6 +122,9 @@ class LonghaulServer:
             self.port = server.add_secure_port(s.grpc_listen, grpc.ssl_server_credentials([(key, cert)]))
         if self.port == 0:
             raise RuntimeError(f"could not listen on {s.grpc_listen}")
+        if self._records is not None:
+            await self._records.start()
+            self._exit_stack.push_async_callback(self._records.close)
         await self._hub.start()
         await self._health.start()
         self.http_port = await self._http.start(s.http_listen, http_ssl_context(s))

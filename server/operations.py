@@ -23,6 +23,7 @@ from server import validation
 from server.caller import tenant
 from server.convert import Presigner, to_job
 from server.errors import grpc_errors
+from server.records import RecordCache
 from server.watch import WatchHub, follow
 
 SERVICE_NAME = operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name
@@ -64,15 +65,18 @@ def to_operation(fields: Fields, presigner: Presigner) -> operations_pb2.Operati
 
 
 class OperationsServicer(operations_pb2_grpc.OperationsServicer):
-    def __init__(self, store: JobStore, hub: WatchHub, presigner: Presigner, heartbeat_s: float) -> None:
+    def __init__(
+        self, store: JobStore, records: RecordCache | JobStore, hub: WatchHub, presigner: Presigner, heartbeat_s: float
+    ) -> None:
         self._store = store
+        self._records = records
         self._hub = hub
         self._presigner = presigner
         self._heartbeat_s = heartbeat_s
 
     @grpc_errors
     async def GetOperation(self, request: operations_pb2.GetOperationRequest, context: Any) -> operations_pb2.Operation:
-        fields = await self._store.get(validation.operation_name(request.name), tenant())
+        fields = await self._records.get(validation.operation_name(request.name), tenant())
         return to_operation(fields, self._presigner)
 
     @grpc_errors

@@ -17,6 +17,7 @@ from server import validation
 from server.caller import tenant
 from server.convert import Presigner, event_type, to_job
 from server.errors import ServiceUnavailable, grpc_errors, status_for
+from server.records import RecordCache
 from server.watch import WatchHub, follow
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,18 @@ log = logging.getLogger(__name__)
 
 class DownloadServicer(pb_grpc.DownloadServiceServicer):
     def __init__(
-        self, settings: Settings, store: JobStore, queue: JobQueue, hub: WatchHub, presigner: Presigner, s3: Any
+        self,
+        settings: Settings,
+        store: JobStore,
+        records: RecordCache | JobStore,
+        queue: JobQueue,
+        hub: WatchHub,
+        presigner: Presigner,
+        s3: Any,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._records = records  # where GetStatus reads: the cache, or the store itself
         self._queue = queue
         self._hub = hub
         self._presigner = presigner
@@ -50,7 +59,7 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
 
     @grpc_errors
     async def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> pb.GetStatusResponse:
-        fields = await self._store.get(validation.job_id(request.job_id), tenant())
+        fields = await self._records.get(validation.job_id(request.job_id), tenant())
         return pb.GetStatusResponse(job=to_job(fields, self._presigner))
 
     @grpc_errors

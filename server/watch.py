@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +35,9 @@ _INBOX_SIZE = 256
 
 
 class WatchHub:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, on_event: Callable[[str], None] = lambda job_id: None) -> None:
         self._redis = redis
+        self._on_event = on_event  # told the job id of every event, watched or not
         self._channel = keys.events_channel
         self._inboxes: dict[str, set[asyncio.Queue[Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -98,6 +99,7 @@ class WatchHub:
 
     def _dispatch(self, data: str) -> None:
         job_id, _, payload = data.partition("\n")
+        self._on_event(job_id)
         boxes = self._inboxes.get(job_id)
         if not boxes:
             return

@@ -1,0 +1,161 @@
+"""Job records this server has read, kept in memory and coherent through Redis's client-side caching.
+
+Clients that poll (`GetStatus` every few seconds, the seeds' design; dashboards; retries) read the same
+records again and again, mostly unchanged: a queued job waits, a finished one stays as it is. Reading
+one from Redis costs a round trip and about a third of the call's CPU; from memory it costs a dict
+lookup (BENCHMARKS.md has the figures).
+
+Coherence is Redis's job: the reads go over one connection with `CLIENT TRACKING ON REDIRECT <id>`,
+so Redis remembers which job keys this server read and, when one changes, is deleted or expires,
+sends the key name to a second connection of ours subscribed to `__redis__:invalidate`. We drop the
+entry when that arrives. Three more rules close the gaps:
+- a read in flight when its key is invalidated is not cached (`_pending`), so a reply that raced an
+  invalidation cannot plant a stale record;
+- the watch hub drops a job's entry when it relays one of the job's events, and this server's own
+  writes drop it when they return, so a client that saw a change (in a watch, or as its own call's
+  answer) never reads the state before it here;
+- when the invalidation connection is lost, invalidations may have been lost with it: the cache is
+  emptied and stays off until that connection is back and the reads' connection points at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+from jobs.errors import JobNotFound
+from jobs.model import F
+from jobs.multiplex import MultiplexedRedis, open_protocol, pack
+from jobs.store import Fields, JobStore
+
+log = logging.getLogger(__name__)
+
+INVALIDATIONS = "__redis__:invalidate"
+
+
+class RecordCache:
+    def __init__(self, store: JobStore, url: str, capacity: int) -> None:
+        self._store = store
+        self._capacity = capacity
+        self._records: collections.OrderedDict[str, Fields] = collections.OrderedDict()  # Redis key -> record
+        self._pending: dict[str, object] = {}  # Redis key -> token of the read that may cache it
+        self._redirect_id: int | None = None  # our invalidation connection's client id, while up
+        self._reads = MultiplexedRedis(url, setup=self._tracking)
+        self._listener: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def enabled(self) -> bool:
+        return self._redirect_id is not None
+
+    async def start(self, timeout_s: float = 5) -> None:
+        self._listener = asyncio.create_task(self._listen_forever())
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("record cache off until Redis's invalidations can be received")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        await self._reads.aclose()
+
+    async def get(self, job_id: str, tenant: str) -> Fields:
+        """What `JobStore.get(job_id, tenant)` answers, from memory when this server has it."""
+        key = self._store.keys.job(job_id)
+        record = self._records.get(key)
+        if record is None:
+            if not self.enabled:
+                return await self._store.get(job_id, tenant)
+            record = await self._read(key)
+            if not record:
+                return await self._store.get(job_id, tenant)  # gone: NOT_FOUND or EXPIRED from the tombstone
+        if record.get(F.TENANT) != tenant:
+            raise JobNotFound(job_id)
+        return record
+
+    def __contains__(self, job_id: str) -> bool:
+        return self._store.keys.job(job_id) in self._records
+
+    def drop(self, job_id: str) -> None:
+        """The job changed (its event was seen, or this server wrote it)."""
+        self._invalidate(self._store.keys.job(job_id))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _read(self, key: str) -> Fields:
+        token = self._pending[key] = object()
+        try:
+            record = await self._reads.hgetall(key)
+        except Exception:  # noqa: BLE001 - the plain path reports the failure if there is one
+            self._pending.pop(key, None)
+            return {}
+        if self._pending.get(key) is token:
+            del self._pending[key]
+            if record:
+                record.pop(F.TOKEN, None)
+                if len(self._records) >= self._capacity:
+                    self._records.popitem(last=False)  # the oldest read
+                self._records[key] = record
+        return record
+
+    # -- invalidations -------------------------------------------------------------------------
+
+    def _tracking(self) -> list[tuple[Any, ...]]:
+        """Set-up of each new reads connection: its reads are tracked, invalidations go to ours."""
+        if self._redirect_id is None:
+            return []  # reads still work; none is cached (see get)
+        return [("CLIENT", "TRACKING", "ON", "REDIRECT", self._redirect_id)]
+
+    def _invalidate(self, key: str) -> None:
+        self._records.pop(key, None)
+        self._pending.pop(key, None)
+
+    def _on_push(self, message: Any) -> None:
+        if isinstance(message, list) and len(message) == 3 and message[0] == "message":
+            keys = message[2]
+            if keys is None:  # FLUSHDB / FLUSHALL
+                self._clear()
+            else:
+                for key in keys:
+                    self._invalidate(key)
+
+    def _clear(self) -> None:
+        self._records.clear()
+        self._pending.clear()
+
+    async def _listen_forever(self) -> None:
+        backoff_s = 0.1
+        while True:
+            lost = asyncio.get_running_loop().create_future()
+            try:
+                protocol = await open_protocol(self._reads.options, lambda _: _set(lost), self._on_push)
+                try:
+                    redirect_id = await protocol.send(pack(("CLIENT", "ID")))
+                    await protocol.send(pack(("SUBSCRIBE", INVALIDATIONS)))
+                    # The reads connection may track into an older id: make it start afresh.
+                    self._reads.reconnect()
+                    self._redirect_id = redirect_id
+                    self._ready.set()
+                    backoff_s = 0.1
+                    await lost
+                finally:
+                    protocol.abort(ConnectionError("closing"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - logged; the cache stays off until back
+                log.warning("record cache: invalidations unavailable (%s); retrying in %.1fs", error, backoff_s)
+            finally:
+                self._redirect_id = None
+                self._clear()
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 5.0)
+
+
+def _set(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
