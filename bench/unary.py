@@ -1,5 +1,9 @@
 """Unary calls: InitiateDownload and GetStatus against a bare grpc.aio call (health Check) on the same
-server process, at 64 calls in flight; and GetStatus latency through Envoy against direct."""
+server process, at 64 calls in flight; and GetStatus latency through Envoy against direct.
+
+GetStatus is measured twice: as pollers see it (the same job read again and again: from the server's
+record cache after the first read) and on a server with the cache off (every call reads Redis: what a
+job that changes between two polls costs)."""
 
 from __future__ import annotations
 
@@ -36,12 +40,17 @@ def run(env: BenchEnv, duration_s: float) -> list[Row]:
     bare_rate, bare_lat = measure(address, *CHECK)
     initiate_rate, initiate_lat = measure(address, f"{SERVICE}/InitiateDownload", initiate_request)
     status_rate, _ = measure(address, f"{SERVICE}/GetStatus", status_request)
+    uncached, uncached_address = env.start_server(record_cache_size=0)
+    uncached_bare_rate, _ = measure(uncached_address, *CHECK)
+    uncached_rate, _ = measure(uncached_address, f"{SERVICE}/GetStatus", status_request)
+    env.stop(uncached)
     envoy = env.start_envoy(address)
     _, direct_lat = measure(address, f"{SERVICE}/GetStatus", status_request, in_flight=LOAD_PROCESSES)
     _, envoy_lat = measure(envoy, f"{SERVICE}/GetStatus", status_request, in_flight=LOAD_PROCESSES)
 
     initiate_ratio = initiate_rate / bare_rate
     status_ratio = status_rate / bare_rate
+    uncached_ratio = uncached_rate / uncached_bare_rate
     latency_ratio = median(envoy_lat) / median(direct_lat)
     return [
         Row(
@@ -52,8 +61,11 @@ def run(env: BenchEnv, duration_s: float) -> list[Row]:
             ">= 50 %",
             initiate_ratio >= 0.5,
         ),
-        Row(f"GetStatus/s, {IN_FLIGHT} in flight, direct", f"{status_rate:,.0f}/s", f"health Check {bare_rate:,.0f}/s",
-            f"{status_ratio:.0%}", ">= 70 %", status_ratio >= 0.7),
+        Row(f"GetStatus/s, {IN_FLIGHT} in flight, direct (a polled job: record cache)", f"{status_rate:,.0f}/s",
+            f"health Check {bare_rate:,.0f}/s", f"{status_ratio:.0%}", ">= 70 %", status_ratio >= 0.7),
+        Row(f"GetStatus/s, {IN_FLIGHT} in flight, direct, record cache off (a Redis read per call)",
+            f"{uncached_rate:,.0f}/s", f"health Check {uncached_bare_rate:,.0f}/s (that server)",
+            f"{uncached_ratio:.0%}", "report"),
         Row(
             "GetStatus p50 through Envoy (1 call in flight per client process)",
             f"{median(envoy_lat) * 1000:.2f} ms",

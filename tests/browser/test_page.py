@@ -66,10 +66,12 @@ def percents_until_done(page: Page, timeout_s: float = 20) -> list[int]:
     seen: list[int] = []
     bar = card(page).get_by_role("progressbar")
     for _ in range(int(timeout_s / 0.05)):
+        # The state first: once it reads as over, the bar read after it shows the final value.
+        over = card(page).get_attribute("data-state") in ("COMPLETED", "FAILED", "CANCELLED")
         value = int(bar.get_attribute("aria-valuenow") or 0)
         if not seen or seen[-1] != value:
             seen.append(value)
-        if card(page).get_attribute("data-state") in ("COMPLETED", "FAILED", "CANCELLED"):
+        if over:
             break
         page.wait_for_timeout(50)
     return seen
