@@ -30,16 +30,18 @@ class Sizes:
     queue_jobs: int
     small_mb: int
     large_mb: int
+    # Rates that are compared with a baseline are measured this many times, taking turns with it.
+    rounds: int
 
 
-FULL = Sizes(5.0, watched_jobs=1_000, idle_streams=10_000, start_samples=100, queue_jobs=3_000, small_mb=10, large_mb=1_000)
-SMOKE = Sizes(0.5, watched_jobs=20, idle_streams=40, start_samples=5, queue_jobs=50, small_mb=1, large_mb=20)
+FULL = Sizes(5.0, watched_jobs=1_000, idle_streams=10_000, start_samples=100, queue_jobs=3_000, small_mb=10, large_mb=1_000, rounds=3)
+SMOKE = Sizes(0.5, watched_jobs=20, idle_streams=40, start_samples=5, queue_jobs=50, small_mb=1, large_mb=20, rounds=1)
 
 BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {
-    "unary": lambda env, sizes: unary.run(env, sizes.duration_s),
+    "unary": lambda env, sizes: unary.run(env, sizes.duration_s, sizes.rounds),
     "notify": lambda env, sizes: notify.run(env, sizes.watched_jobs, sizes.duration_s),
     "idle": lambda env, sizes: idle.run(env, sizes.idle_streams),
-    "queue": lambda env, sizes: queue.run(env, sizes.start_samples, sizes.queue_jobs),
+    "queue": lambda env, sizes: queue.run(env, sizes.start_samples, sizes.queue_jobs, sizes.rounds),
     "transfer": lambda env, sizes: transfer.run(env, sizes.small_mb, sizes.large_mb),
     "polling": lambda env, sizes: polling.run(),
 }
