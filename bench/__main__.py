@@ -42,7 +42,7 @@ BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {
     "notify": lambda env, sizes: notify.run(env, sizes.watched_jobs, sizes.duration_s),
     "idle": lambda env, sizes: idle.run(env, sizes.idle_streams),
     "queue": lambda env, sizes: queue.run(env, sizes.start_samples, sizes.queue_jobs, sizes.rounds),
-    "transfer": lambda env, sizes: transfer.run(env, sizes.small_mb, sizes.large_mb),
+    "transfer": lambda env, sizes: transfer.run(env, sizes.small_mb, sizes.large_mb, sizes.rounds),
     "polling": lambda env, sizes: polling.run(),
 }
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from bench.env import BenchEnv, TENANT
-from bench.report import Row
+from bench.report import Row, median
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
 from jobs.model import F, Priority, State
 from jobs.queue import JobQueue
@@ -91,7 +91,9 @@ async def run_job(env: BenchEnv, file_ids: list[int]) -> tuple[float, float, int
             env.stop(worker)
 
 
-def run(env: BenchEnv, small_mb: int, large_mb: int) -> list[Row]:
+def run(env: BenchEnv, small_mb: int, large_mb: int, rounds: int) -> list[Row]:
+    """The large archive and the raw upload take turns `rounds` times; the median ratio is reported
+    (one such pair swung between 70 % and 92 % from run to run). Peak memory: the largest seen."""
     s = env.settings
     large_ids = list(range(90_000_010, 90_000_010 + max(large_mb // SOURCE_MB, 1)))
     per_source = min(large_mb, SOURCE_MB) * 1024 * 1024
@@ -104,14 +106,21 @@ def run(env: BenchEnv, small_mb: int, large_mb: int) -> list[Row]:
 
     asyncio.run(seed())
     small_rss, _, small_size = asyncio.run(run_job(env, [90_000_001]))
-    large_rss, large_s, large_size = asyncio.run(run_job(env, large_ids))
-    raw_s = asyncio.run(raw_upload_s(s, large_size))
-    ours_mbps, raw_mbps = large_size / 2**20 / large_s, large_size / 2**20 / raw_s
+    large_rss, ours_mbps, raw_mbps, ratios = 0.0, [], [], []
+    for _ in range(rounds):
+        rss, large_s, large_size = asyncio.run(run_job(env, large_ids))
+        raw_s = asyncio.run(raw_upload_s(s, large_size))
+        large_rss = max(large_rss, rss)
+        ours_mbps.append(large_size / 2**20 / large_s)
+        raw_mbps.append(large_size / 2**20 / raw_s)
+        ratios.append(ours_mbps[-1] / raw_mbps[-1])
+    ratio = median(ratios)
+    spread = f" (median of {rounds}: {min(ratios):.0%}-{max(ratios):.0%})" if rounds > 1 else ""
     added = large_rss - small_rss
     return [
         Row(f"archive + upload, {large_size / 2**20:,.0f} MB (read from S3, zipped, SHA-256, multipart)",
-            f"{ours_mbps:.0f} MB/s", f"raw multipart upload of the same bytes {raw_mbps:.0f} MB/s",
-            f"{ours_mbps / raw_mbps:.0%}", ">= 80 %", ours_mbps / raw_mbps >= 0.8),
+            f"{median(ours_mbps):.0f} MB/s", f"raw multipart upload of the same bytes {median(raw_mbps):.0f} MB/s",
+            f"{ratio:.0%}{spread}", ">= 80 %", ratio >= 0.8),
         Row(f"worker peak RSS, {large_size / 2**20:,.0f} MB archive vs {small_size / 2**20:,.0f} MB",
             f"{large_rss:.0f} MB (+{added:.0f} MB)", f"{small_rss:.0f} MB", "", "+ < 50 MB for 1 GB", added < 50),
     ]
