@@ -20,7 +20,7 @@ import collections
 import hashlib
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -37,7 +37,7 @@ def _encode(value: Any) -> bytes:
         return value
     if isinstance(value, str):
         return value.encode()
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return repr(value).encode()
     raise TypeError(f"cannot send {type(value).__name__} to Redis")
 
@@ -123,10 +123,22 @@ class _Protocol(asyncio.Protocol):
 
 
 async def open_protocol(
-    options: dict[str, Any], on_lost: Callable[[_Protocol], None], on_push: Callable[[Any], None] | None = None
+    options: dict[str, Any],
+    on_lost: Callable[[_Protocol], None],
+    on_push: Callable[[Any], None] | None = None,
+    timeout_s: float = 5,
 ) -> _Protocol:
     """A connection to Redis as `options` (redis-py's parse_url) describe it, authenticated and on
     its database."""
+    try:
+        return await asyncio.wait_for(_open_protocol(options, on_lost, on_push), timeout_s)
+    except asyncio.TimeoutError as error:  # the built-in one, not redis's (imported above)
+        raise TimeoutError(f"no connection to Redis within {timeout_s:g} s") from error
+
+
+async def _open_protocol(
+    options: dict[str, Any], on_lost: Callable[[_Protocol], None], on_push: Callable[[Any], None] | None
+) -> _Protocol:
     loop = asyncio.get_running_loop()
     kind = options.get("connection_class")
     try:
@@ -217,14 +229,14 @@ class MultiplexedRedis:
         async with self._connecting:
             if self._protocol is not None:
                 return self._protocol
-            protocol = await asyncio.wait_for(self._open(), self._connect_timeout_s)
+            protocol = await self._open()
             self._protocol = protocol
             if self._watchdog is None:
                 self._watchdog = asyncio.create_task(self._watch_for_stalls())
             return protocol
 
     async def _open(self) -> _Protocol:
-        protocol = await open_protocol(self.options, self._lost)
+        protocol = await open_protocol(self.options, self._lost, timeout_s=self._connect_timeout_s)
         try:
             for command in self._setup() if self._setup else ():
                 await protocol.send(pack(command))
@@ -259,7 +271,7 @@ class Script:
         self._source = source
         self._sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, keys: list[str] = (), args: list[Any] = ()) -> Any:  # type: ignore[assignment]
+    async def __call__(self, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
         try:
             return await self._client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
         except ResponseError as error:

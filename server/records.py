@@ -25,6 +25,8 @@ import collections
 import logging
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from jobs.errors import JobNotFound
 from jobs.model import F
 from jobs.multiplex import MultiplexedRedis, open_protocol, pack
@@ -54,8 +56,13 @@ class RecordCache:
         self._listener = asyncio.create_task(self._listen_forever())
         try:
             await asyncio.wait_for(self._ready.wait(), timeout_s)
+            await self._reads.execute_command("PING")  # opens the reads connection, tracking on
         except TimeoutError:
             log.warning("record cache off until Redis's invalidations can be received")
+        except ResponseError as error:
+            # A Redis without client-side caching (before 6.0), or one that forbids CLIENT commands.
+            log.warning("record cache off: Redis refused client tracking (%s)", error)
+            await self.close()
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -149,3 +149,20 @@ async def test_the_oldest_records_make_room(settings, stores) -> None:
     for job_id in job_ids:
         await cache.get(job_id, TENANT)
     assert job_ids[0] not in cache and job_ids[-1] in cache
+
+
+async def test_without_client_tracking_the_cache_is_off_and_reads_go_to_redis(settings, monkeypatch) -> None:
+    redis = redis_client(settings)
+    store = JobStore(redis, settings, multiplexed_redis(settings))
+    cache = RecordCache(store, settings.redis_url, capacity=100)
+    # What a Redis before 6.0, or one that forbids CLIENT commands, answers.
+    monkeypatch.setattr(cache._reads, "_setup", lambda: [("CLIENT", "NO-SUCH-SUBCOMMAND")])
+    try:
+        await cache.start()
+        assert not cache.enabled
+        job_id = (await store.create(TENANT, [70000]))[0][F.ID]
+        assert (await cache.get(job_id, TENANT))[F.STATE] == State.QUEUED
+        assert job_id not in cache
+    finally:
+        await cache.close()
+        await redis.aclose()
