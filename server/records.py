@@ -149,6 +149,7 @@ class RecordCache:
                     self._ready.set()
                     backoff_s = 0.1
                     await lost
+                    log.warning("record cache: lost Redis's invalidations; off until they are back")
                 finally:
                     protocol.abort(ConnectionError("closing"))
             except asyncio.CancelledError:
