@@ -35,6 +35,7 @@ _TENANT = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 # How often the server looks at the file's modification time: the bound on how long a revoked
 # key keeps working.
 RELOAD_EVERY_S = 2.0
+_MAX_CHECKED_KEYS = 10_000
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ class KeyFile:
     def __init__(self, path: str) -> None:
         self._path = Path(path) if path else None
         self._entries: dict[str, KeyEntry] = {}
+        # Keys already checked against the current entries: every call carries one, and parsing and
+        # hashing it each time was a few per cent of a GetStatus (BENCHMARKS.md). Emptied on reload,
+        # so a revocation still takes effect within RELOAD_EVERY_S.
+        self._checked_keys: dict[str, KeyEntry] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
         self._last_error = ""
@@ -105,6 +110,7 @@ class KeyFile:
         if stamp == self._stamp:
             return
         self._entries = parse(self._path.read_text(), str(self._path))
+        self._checked_keys = {}
         self._stamp = stamp
 
     def tenant(self, key: str) -> str | None:
@@ -122,10 +128,16 @@ class KeyFile:
         return entry.tenant if entry is not None else None
 
     def _lookup(self, key: str) -> KeyEntry | None:
+        entry = self._checked_keys.get(key)
+        if entry is not None:
+            return entry
         key_id = key_id_of(key)
         entry = self._entries.get(key_id) if key_id else None
         if entry is None or not hmac.compare_digest(entry.digest, digest(key)):
             return None
+        if len(self._checked_keys) >= _MAX_CHECKED_KEYS:
+            self._checked_keys = {}
+        self._checked_keys[key] = entry
         return entry
 
     def _reload_keeping_last_good(self) -> bool:

@@ -26,7 +26,7 @@ from server.enqueuer import Enqueuer
 from server.health import HealthMonitor
 from server.http import HttpSide
 from server.ratelimit import RateLimiter
-from server.records import RecordCache
+from server.records import RecordCache, StoredRecords
 from server.servicer import SERVICE_NAME, DownloadServicer
 from server.watch import WatchHub
 
@@ -89,16 +89,16 @@ class LonghaulServer:
         self._exit_stack.push_async_callback(commands.aclose)
         s3 = await self._exit_stack.enter_async_context(s3_session().client("s3", **s3_client_kwargs(s)))
         store = JobStore(redis, s, commands)
-        records: RecordCache | JobStore = store
+        presigner = Presigner(s)
+        records: RecordCache | StoredRecords = StoredRecords(store, presigner)
         if s.record_cache_size:
-            self._records = records = RecordCache(store, s.redis_url, s.record_cache_size)
+            self._records = records = RecordCache(store, presigner, s.redis_url, s.record_cache_size)
             store.on_write = self._records.drop
         self._queue = JobQueue(s)
         self._enqueuer = Enqueuer(self._queue)
         # Every job event the hub relays also drops the job's cached record.
         self._hub = WatchHub(redis, store.keys, on_event=store.on_write)
         self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME])
-        presigner = Presigner(s)
         authenticator = Authenticator(s)
         limiter = RateLimiter(commands, store.keys, s)
         self._http = HttpSide(store, presigner, self._health, authenticator, limiter)

@@ -23,7 +23,7 @@ from server import validation
 from server.caller import tenant
 from server.convert import Presigner, to_job
 from server.errors import grpc_errors
-from server.records import RecordCache
+from server.records import RecordCache, StoredRecords
 from server.watch import WatchHub, follow
 
 SERVICE_NAME = operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name
@@ -66,7 +66,7 @@ def to_operation(fields: Fields, presigner: Presigner) -> operations_pb2.Operati
 
 class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     def __init__(
-        self, store: JobStore, records: RecordCache | JobStore, hub: WatchHub, presigner: Presigner, heartbeat_s: float
+        self, store: JobStore, records: RecordCache | StoredRecords, hub: WatchHub, presigner: Presigner, heartbeat_s: float
     ) -> None:
         self._store = store
         self._records = records

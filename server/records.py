@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -31,17 +32,42 @@ from jobs.errors import JobNotFound
 from jobs.model import F
 from jobs.multiplex import MultiplexedRedis, open_protocol, pack
 from jobs.store import Fields, JobStore
+from longhaul.download.v1 import download_pb2 as pb
+from server.convert import Presigner, to_job
 
 log = logging.getLogger(__name__)
 
 INVALIDATIONS = "__redis__:invalidate"
 
 
-class RecordCache:
-    def __init__(self, store: JobStore, url: str, capacity: int) -> None:
+class StoredRecords:
+    """The reads GetStatus and GetOperation make, straight from Redis (the record cache turned off)."""
+
+    def __init__(self, store: JobStore, presigner: Presigner) -> None:
         self._store = store
+        self._presigner = presigner
+
+    async def get(self, job_id: str, tenant: str) -> Fields:
+        return await self._store.get(job_id, tenant)
+
+    async def job(self, job_id: str, tenant: str) -> pb.Job:
+        return to_job(await self._store.get(job_id, tenant), self._presigner)
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: Fields
+    job: pb.Job | None = None  # built from the record at its first GetStatus, while it has no URL to sign
+
+
+class RecordCache:
+    """The same reads as StoredRecords, from memory when this server has the record."""
+
+    def __init__(self, store: JobStore, presigner: Presigner, url: str, capacity: int) -> None:
+        self._store = store
+        self._presigner = presigner
         self._capacity = capacity
-        self._records: collections.OrderedDict[str, Fields] = collections.OrderedDict()  # Redis key -> record
+        self._records: collections.OrderedDict[str, _Entry] = collections.OrderedDict()  # Redis key -> entry
         self._pending: dict[str, object] = {}  # Redis key -> token of the read that may cache it
         self._redirect_id: int | None = None  # our invalidation connection's client id, while up
         self._reads = MultiplexedRedis(url, setup=self._tracking)
@@ -72,17 +98,30 @@ class RecordCache:
 
     async def get(self, job_id: str, tenant: str) -> Fields:
         """What `JobStore.get(job_id, tenant)` answers, from memory when this server has it."""
+        return (await self._entry(job_id, tenant)).record
+
+    async def job(self, job_id: str, tenant: str) -> pb.Job:
+        """The record as the contract's Job, built once per version of the record; one with a download
+        URL is built at every read, so the URL is presigned fresh (callers copy the message, as
+        protobuf does when it is put into a reply, and never change it)."""
+        entry = await self._entry(job_id, tenant)
+        if entry.record.get(F.RESULT):
+            return to_job(entry.record, self._presigner)
+        if entry.job is None:
+            entry.job = to_job(entry.record, self._presigner)
+        return entry.job
+
+    async def _entry(self, job_id: str, tenant: str) -> _Entry:
         key = self._store.keys.job(job_id)
-        record = self._records.get(key)
-        if record is None:
-            if not self.enabled:
-                return await self._store.get(job_id, tenant)
-            record = await self._read(key)
-            if not record:
-                return await self._store.get(job_id, tenant)  # gone: NOT_FOUND or EXPIRED from the tombstone
-        if record.get(F.TENANT) != tenant:
+        entry = self._records.get(key)
+        if entry is None:
+            record = await self._read(key) if self.enabled else {}
+            if not record:  # not cached, or gone: NOT_FOUND or EXPIRED from the tombstone
+                return _Entry(await self._store.get(job_id, tenant))
+            entry = self._records.get(key) or _Entry(record)  # not kept if it raced a change
+        if entry.record.get(F.TENANT) != tenant:
             raise JobNotFound(job_id)
-        return record
+        return entry
 
     def __contains__(self, job_id: str) -> bool:
         return self._store.keys.job(job_id) in self._records
@@ -106,7 +145,7 @@ class RecordCache:
                 record.pop(F.TOKEN, None)
                 if len(self._records) >= self._capacity:
                     self._records.popitem(last=False)  # the oldest read
-                self._records[key] = record
+                self._records[key] = _Entry(record)
         return record
 
     # -- invalidations -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from server.caller import tenant
 from server.convert import Presigner, event_type, to_job
 from server.enqueuer import Enqueuer
 from server.errors import grpc_errors, status_for
-from server.records import RecordCache
+from server.records import RecordCache, StoredRecords
 from server.watch import WatchHub, follow
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
         self,
         settings: Settings,
         store: JobStore,
-        records: RecordCache | JobStore,
+        records: RecordCache | StoredRecords,
         enqueuer: Enqueuer,
         hub: WatchHub,
         presigner: Presigner,
@@ -36,7 +36,7 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
     ) -> None:
         self._settings = settings
         self._store = store
-        self._records = records  # where GetStatus reads: the cache, or the store itself
+        self._records = records  # where GetStatus reads: the record cache, or Redis each time
         self._enqueuer = enqueuer
         self._hub = hub
         self._presigner = presigner
@@ -54,8 +54,7 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
 
     @grpc_errors
     async def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> pb.GetStatusResponse:
-        fields = await self._records.get(validation.job_id(request.job_id), tenant())
-        return pb.GetStatusResponse(job=to_job(fields, self._presigner))
+        return pb.GetStatusResponse(job=await self._records.job(validation.job_id(request.job_id), tenant()))
 
     @grpc_errors
     async def WatchProgress(self, request: pb.WatchProgressRequest, context: Any) -> Any:

@@ -5,14 +5,17 @@ say so."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 
 from jobs.connections import multiplexed_redis, redis_client
 from jobs.errors import JobNotFound
-from jobs.model import F, State
-from jobs.store import JobStore
+from jobs.model import F, EventType, State
+from jobs.store import JobStore, finish_fields
+from longhaul.download.v1 import download_pb2 as pb
+from server.convert import Presigner
 from server.records import RecordCache
 from tests.credentials import OTHER_TENANT, TENANT
 
@@ -23,7 +26,7 @@ async def stores(settings):
     redis = redis_client(settings)
     server_store = JobStore(redis, settings, multiplexed_redis(settings))
     other = JobStore(redis, settings, multiplexed_redis(settings))
-    cache = RecordCache(server_store, settings.redis_url, capacity=100)
+    cache = RecordCache(server_store, Presigner(settings), settings.redis_url, capacity=100)
     server_store.on_write = cache.drop
     await cache.start()
     yield cache, server_store, other
@@ -154,7 +157,7 @@ async def test_the_oldest_records_make_room(settings, stores) -> None:
 async def test_without_client_tracking_the_cache_is_off_and_reads_go_to_redis(settings, monkeypatch) -> None:
     redis = redis_client(settings)
     store = JobStore(redis, settings, multiplexed_redis(settings))
-    cache = RecordCache(store, settings.redis_url, capacity=100)
+    cache = RecordCache(store, Presigner(settings), settings.redis_url, capacity=100)
     # What a Redis before 6.0, or one that forbids CLIENT commands, answers.
     monkeypatch.setattr(cache._reads, "_setup", lambda: [("CLIENT", "NO-SUCH-SUBCOMMAND")])
     try:
@@ -166,3 +169,22 @@ async def test_without_client_tracking_the_cache_is_off_and_reads_go_to_redis(se
     finally:
         await cache.close()
         await redis.aclose()
+
+
+async def test_the_job_message_is_built_once_per_version_and_urls_are_signed_at_each_read(stores) -> None:
+    cache, store, other = stores
+    job_id = (await store.create(TENANT, [70000]))[0][F.ID]
+    queued = await cache.job(job_id, TENANT)
+    assert await cache.job(job_id, TENANT) is queued
+    await other.claim(job_id, "worker-a", "token-a")
+    done = finish_fields(State.COMPLETED, store.settings, "ok") | {F.RESULT: json.dumps(
+        {"key": "tenants/t/x.zip", "file_name": "x.zip", "size_bytes": 1, "sha256": "0" * 64, "files": []}
+    )}
+    await other.report(job_id, "token-a", done, EventType.STATE_CHANGED)
+
+    async def completed() -> bool:
+        return (await cache.job(job_id, TENANT)).state == pb.JOB_STATE_COMPLETED
+
+    await eventually(completed, 2.0)
+    first, second = await cache.job(job_id, TENANT), await cache.job(job_id, TENANT)
+    assert first is not second and first.result.download_url.startswith("http")
