@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bullmq import Queue, Worker
+from bullmq.lock_manager import LockManager
 
 from jobs.connections import bullmq_connection
 from jobs.keys import Keys
@@ -47,7 +48,7 @@ class JobQueue:
 
     def worker(self, processor: Callable[[Any, str], Awaitable[Any]], name: str) -> Worker:
         s = self.settings
-        return Worker(
+        worker = Worker(
             s.queue_name,
             processor,
             {
@@ -61,7 +62,45 @@ class JobQueue:
                 "maxStalledCount": s.max_attempts + 1,
             },
         )
+        # Replaced before the worker's loop first runs (it starts the lock manager).
+        worker.lockManager = RedeliveryAwareLockManager(
+            worker,
+            lock_renew_time=worker.opts["lockRenewTime"],
+            lock_duration=worker.opts["lockDuration"],
+            worker_id=worker.id,
+            worker_name=worker.workerName,
+        )
+        return worker
 
     async def close(self) -> None:
         if self._queue is not None:
             await self._queue.close()
+
+
+class RedeliveryAwareLockManager(LockManager):
+    """bullmq's lock manager, counting deliveries per job.
+
+    bullmq tracks the locks it renews by job id alone. When a job's lock lapses while its worker
+    still runs it (Redis unreachable for longer than the lock), bullmq can deliver the job to that
+    same worker again; the earlier delivery's end then untracks the job, the new delivery's lock is
+    no longer renewed, lapses in turn, and the job is delivered again and again until it runs out
+    of attempts. Here a job stays tracked, under its newest delivery's token, until every delivery
+    of it has ended.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deliveries: dict[str, int] = {}
+
+    def track_job(self, job_id: str, token: str, ts: int, should_create_controller: bool = False) -> Any:
+        controller = super().track_job(job_id, token, ts, should_create_controller)
+        if job_id in self.tracked_jobs:
+            self._deliveries[job_id] = self._deliveries.get(job_id, 0) + 1
+        return controller
+
+    def untrack_job(self, job_id: str) -> None:
+        left = self._deliveries.pop(job_id, 1) - 1
+        if left > 0:
+            self._deliveries[job_id] = left
+        else:
+            super().untrack_job(job_id)

@@ -113,7 +113,8 @@ class Stack:
         return self
 
     async def add_worker(self, **changes: object) -> WorkerRunner:
-        runner = WorkerRunner(self.settings.replace(worker_name=f"test-worker-{len(self.workers) + 1}", **changes))
+        changes.setdefault("worker_name", f"test-worker-{len(self.workers) + 1}")
+        runner = WorkerRunner(self.settings.replace(**changes))
         await runner.start()
         self.workers.append(runner)
         return runner

@@ -30,6 +30,9 @@ from worker.progress import Progress
 
 log = logging.getLogger(__name__)
 
+# How long a stopping worker waits for the queue after the grace period, to hand running jobs back.
+_HAND_BACK_S = 5.0
+
 
 class WorkerRunner:
     """Runs jobs from the queue until `stop()`.
@@ -45,8 +48,9 @@ class WorkerRunner:
         self._commands = multiplexed_redis(settings)
         self._store = JobStore(self._redis, settings, self._commands)
         self._queue = JobQueue(settings)
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._cancelled: set[str] = set()
+        self._running: dict[str, asyncio.Task[int | None]] = {}  # job id -> its run
+        self._cancelled: set[asyncio.Task[int | None]] = set()  # runs stopped by a user's cancel
+        self._superseded: set[asyncio.Task[int | None]] = set()  # runs stopped by a later delivery
         self._handing_back = False
         self._exit_stack = contextlib.AsyncExitStack()
         self._s3: Any = None
@@ -70,23 +74,7 @@ class WorkerRunner:
         """Stops intake, lets running jobs finish within the grace period, then hands the rest
         back to the queue so another worker takes them at once (not after the lock lapses)."""
         if self._worker is not None:
-            # close() stops intake and returns once the running jobs have ended. It is called once
-            # only: bullmq's close() spins forever if a second call's teardown is cancelled.
-            closing = asyncio.create_task(self._worker.close())
-            deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
-            while not closing.done():
-                # close() cancels the idle blocking read in flight when it starts; one that begins
-                # just after would block for bullmq's drainDelay (5 s), so cancel that one too.
-                waiting = self._worker.waiting
-                if waiting is not None and not waiting.done():
-                    waiting.cancel()
-                if asyncio.get_running_loop().time() >= deadline and self._running and not self._handing_back:
-                    log.warning("handing %d running jobs back to the queue", len(self._running))
-                    self._handing_back = True
-                    for task in self._running.values():
-                        task.cancel()
-                await asyncio.wait([closing], timeout=0.1)
-            await closing
+            await self._close_worker()
         background = [task for task in (self._cancel_listener, self._housekeeping) if task is not None]
         for task in background:
             task.cancel()
@@ -96,8 +84,37 @@ class WorkerRunner:
         await self._commands.aclose()
         await self._redis.aclose()
 
+    async def _close_worker(self) -> None:
+        # close() stops intake and returns once the running jobs have ended. It is called once
+        # only: bullmq's close() spins forever if a second call's teardown is cancelled.
+        closing = asyncio.create_task(self._worker.close())
+        loop = asyncio.get_running_loop()
+        hand_back_at = loop.time() + self.settings.shutdown_grace_s
+        give_up_at = hand_back_at + _HAND_BACK_S
+        while not closing.done():
+            # close() cancels the idle blocking read in flight when it starts; one that begins
+            # just after would block for bullmq's drainDelay (5 s), so cancel that one too.
+            waiting = self._worker.waiting
+            if waiting is not None and not waiting.done():
+                waiting.cancel()
+            now = loop.time()
+            if now >= hand_back_at and self._running and not self._handing_back:
+                log.warning("handing %d running jobs back to the queue", len(self._running))
+                self._handing_back = True
+                for task in self._running.values():
+                    task.cancel()
+            if now >= give_up_at:
+                # Only an unreachable Redis gets here: bullmq retries each call for minutes. The
+                # jobs not handed back return to the queue when their locks lapse.
+                log.warning("the queue did not answer within %.0f s of the hand-back; stopping without it", _HAND_BACK_S)
+                self._worker.cancelProcessing()
+                give_up_at = float("inf")
+            await asyncio.wait([closing], timeout=0.1)
+        await closing
+
     async def _process(self, queue_job: QueueJob, queue_token: str) -> None:
         job_id = queue_job.data["job_id"]
+        await self._stop_earlier_run(job_id)
         run_token = uuid.uuid4().hex
         record = await self._store.claim(job_id, self.name, run_token)
         if record is None:
@@ -119,7 +136,10 @@ class WorkerRunner:
         except TimeoutError:
             retry_in_ms = await self._give_up_on_stuck_attempt(job_id, run_token, attempt)
         except asyncio.CancelledError:
-            if job_id in self._cancelled:
+            if task in self._superseded:
+                # The queue entry belongs to the later delivery now: leave it to that one.
+                raise DelayedError() from None
+            if task in self._cancelled:
                 log.info("job %s cancelled while running", job_id)
                 return
             if not self._handing_back:
@@ -127,12 +147,26 @@ class WorkerRunner:
             await self._requeue(job_id, run_token, "its worker is shutting down; another worker takes over")
             retry_in_ms = 0
         finally:
-            self._running.pop(job_id, None)
-            self._cancelled.discard(job_id)
+            if self._running.get(job_id) is task:
+                del self._running[job_id]
+            self._cancelled.discard(task)
+            self._superseded.discard(task)
         if retry_in_ms is not None:
             # The documented bullmq way to run a job again later without counting a failure.
             await queue_job.moveToDelayed(int(time.time() * 1000) + retry_in_ms, queue_token)
             raise DelayedError()
+
+    async def _stop_earlier_run(self, job_id: str) -> None:
+        """bullmq delivers a job again once its lock lapses (Redis unreachable for longer than the
+        lock, a stalled event loop), possibly to this worker while its earlier run goes on. The claim
+        that follows supersedes that run anyway; stopping it first means one copy runs at a time."""
+        earlier = self._running.get(job_id)
+        if earlier is None:
+            return
+        log.warning("job %s delivered again while this worker still runs it (its lock lapsed); stopping the earlier run", job_id)
+        self._superseded.add(earlier)
+        earlier.cancel()
+        await asyncio.wait([earlier])
 
     async def _run(self, job_id: str, token: str, attempt: int, key: str, file_ids: list[int]) -> int | None:
         """Runs one attempt; returns the delay before the next attempt, or None when done."""
@@ -233,7 +267,7 @@ class WorkerRunner:
                     job_id = message["data"]
                     task = self._running.get(job_id)
                     if task is not None:
-                        self._cancelled.add(job_id)
+                        self._cancelled.add(task)
                         task.cancel()
             except asyncio.CancelledError:
                 await pubsub.aclose()

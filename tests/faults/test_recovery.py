@@ -4,6 +4,7 @@ test checks that the job still ends right, with a correct archive, and says what
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 
@@ -12,7 +13,8 @@ import pytest
 from devstack.processes import ManagedProcess, free_port
 from devstack.seed import seed_sources
 from devstack.services import python_process, start_seaweedfs
-from jobs.connections import s3_client_kwargs, s3_session
+from jobs.connections import redis_client, s3_client_kwargs, s3_session
+from jobs.keys import Keys
 from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import SMALL_IDS
 from tests.helpers import check_archive, initiate, wait_done, watch_all
@@ -201,3 +203,33 @@ async def test_a_stuck_attempt_is_stopped_retried_and_then_failed(make_stack) ->
     assert done.error.code == "ATTEMPT_TIMEOUT" and done.attempts == 2
     assert done.error.message.startswith("gave up after 2 attempts") and "s limit" in done.error.message
     assert stack.workers[0]._running == {}  # noqa: SLF001 - nothing is left running
+
+
+async def test_a_job_redelivered_to_the_worker_still_running_it_runs_once_and_keeps_its_lock(make_stack, caplog) -> None:
+    # A lock lapses while its worker still runs the job (here deleted; in life, Redis was unreachable
+    # longer than the lock): bullmq delivers the job again, often to that same worker. The earlier run
+    # must stop, and the new delivery's lock must stay renewed after the earlier delivery ends.
+    caplog.set_level(logging.INFO)
+    stack = await make_stack(delay_min_ms=8_000, delay_max_ms=8_000, **FAST_RECOVERY)
+    job = await initiate(stack.stub, SMALL_IDS[:3])
+    await wait_running_on(stack, job.job_id)
+    s = stack.settings
+    lock = f"{Keys(s.redis_prefix).queue_job(s.queue_name, job.job_id)}:lock"
+    redis = redis_client(s)
+    try:
+        assert await redis.delete(lock) == 1
+    finally:
+        await redis.aclose()
+
+    done = await wait_done(stack.stub, job.job_id, timeout_s=40)
+    assert done.state == pb.JOB_STATE_COMPLETED, done
+    # Delivered twice, run twice: a lock that went unrenewed would have meant a third delivery.
+    assert done.attempts == 2, done
+    # The earlier run was stopped before the new one began, not fenced off later by its next write.
+    assert "no longer owns the job" not in caplog.text
+    assert "delivered again while this worker still runs it" in caplog.text
+    assert stack.workers[0]._running == {}  # noqa: SLF001 - nothing is left running
+    check_archive(done, SMALL_IDS[:3])
+    async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
+        uploads = await s3.list_multipart_uploads(Bucket=s.artifact_bucket, Prefix=f"jobs/{job.job_id}/")
+    assert uploads.get("Uploads", []) == [], "the stopped run aborted its partial upload"
