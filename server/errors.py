@@ -28,10 +28,6 @@ from server.validation import InvalidRequest
 log = logging.getLogger(__name__)
 
 
-class ServiceUnavailable(Exception):
-    """A dependency failed in a way a retry may fix."""
-
-
 class MalformedRequest(Exception):
     """The request's bytes are not a valid protobuf message (see decoding.py)."""
 
@@ -52,7 +48,6 @@ _DOMAIN_CODES: dict[type[Exception], grpc.StatusCode] = {
     IdempotencyConflict: grpc.StatusCode.ALREADY_EXISTS,
     JobAlreadyFinished: grpc.StatusCode.FAILED_PRECONDITION,
     HistoryAhead: grpc.StatusCode.OUT_OF_RANGE,
-    ServiceUnavailable: grpc.StatusCode.UNAVAILABLE,
     ServerShuttingDown: grpc.StatusCode.UNAVAILABLE,
 }
 

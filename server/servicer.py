@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 from jobs.model import F, State
-from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.storage import head_source, source_key
 from jobs.store import JobStore
@@ -16,7 +15,8 @@ from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server import validation
 from server.caller import tenant
 from server.convert import Presigner, event_type, to_job
-from server.errors import ServiceUnavailable, grpc_errors, status_for
+from server.enqueuer import Enqueuer
+from server.errors import grpc_errors, status_for
 from server.records import RecordCache, StoredRecords
 from server.watch import WatchHub, follow
 
@@ -29,7 +29,7 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
         settings: Settings,
         store: JobStore,
         records: RecordCache | StoredRecords,
-        queue: JobQueue,
+        enqueuer: Enqueuer,
         hub: WatchHub,
         presigner: Presigner,
         s3: Any,
@@ -37,7 +37,7 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
         self._settings = settings
         self._store = store
         self._records = records  # where GetStatus reads: the record cache, or Redis each time
-        self._queue = queue
+        self._enqueuer = enqueuer
         self._hub = hub
         self._presigner = presigner
         self._s3 = s3
@@ -49,12 +49,7 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
         # A repeated request re-enqueues a job that is still queued: a no-op when the queue has it,
         # and the repair when the first attempt lost its enqueue.
         if created or fields[F.STATE] == State.QUEUED:
-            try:
-                await self._queue.enqueue(fields[F.ID], priority)
-            except Exception as error:
-                if created:
-                    await self._store.forget(fields[F.ID])
-                raise ServiceUnavailable("the work queue is unreachable; nothing was created, try again") from error
+            self._enqueuer.submit(fields[F.ID], priority)
         return pb.InitiateDownloadResponse(job=to_job(fields, self._presigner))
 
     @grpc_errors
