@@ -13,8 +13,7 @@ from pathlib import Path
 from bench.env import BenchEnv, TENANT
 from bench.report import Row, median
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
-from jobs.model import F, Priority, State
-from jobs.queue import JobQueue
+from jobs.model import F, State
 from jobs.settings import Settings
 from jobs.store import JobStore
 
@@ -75,19 +74,17 @@ async def run_job(env: BenchEnv, file_ids: list[int]) -> tuple[float, float, int
     """(peak RSS MB of a fresh worker that ran the job, seconds, archive bytes)."""
     worker = env.start_worker("transfer", worker_concurrency=1)
     async with redis_client(env.settings) as redis:
-        store, queue = JobStore(redis, env.settings), JobQueue(env.settings)
+        store = JobStore(redis, env.settings)
         try:
             await asyncio.sleep(1.5)  # settled, before its peak matters
-            fields, _ = await store.create(TENANT, file_ids)
             started = time.monotonic()
-            await queue.enqueue(fields[F.ID], Priority.NORMAL)
+            fields, _ = await store.create(TENANT, file_ids)  # the worker's relay enqueues it
             while (record := await store.get(fields[F.ID], TENANT))[F.STATE] not in (State.COMPLETED, State.FAILED):
                 await asyncio.sleep(0.05)
             elapsed = time.monotonic() - started
             assert record[F.STATE] == State.COMPLETED, record
             return peak_rss_mb(worker.pid), elapsed, json.loads(record[F.RESULT])["size_bytes"]
         finally:
-            await queue.close()
             env.stop(worker)
 
 

@@ -9,6 +9,7 @@
     {p}:t:{t}:idem:{rid}  string  the tenant's idempotency key -> "{job_id} {fingerprint}"
     {p}:t:{t}:rate:{sec}  string  the tenant's requests in one second (the rate limit), expires
     {p}:outbox            zset    job ids by creation time, until the reconciler has seen each in the queue
+    {p}:fresh             list    "{id} {priority}" of created jobs, until a worker's relay enqueues them
     {p}:sweep             zset    artifact object keys by the time they are to be deleted from S3
     {p}:events            channel every job event, "{id}\\n{json}", read by each server's watch hub
     {p}:cancel            channel job ids to cancel, read by every worker process
@@ -56,6 +57,10 @@ class Keys:
     @property
     def outbox(self) -> str:
         return f"{self.prefix}:outbox"
+
+    @property
+    def fresh(self) -> str:
+        return f"{self.prefix}:fresh"
 
     @property
     def sweep(self) -> str:

@@ -94,7 +94,7 @@ class JobStore:
             F.SEQ: "1",
         }
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.index(slug), k.active(slug), k.outbox]
+        keys = [k.job(job_id), k.events(job_id), k.index(slug), k.active(slug), k.outbox, k.fresh]
         if request_id:
             keys.append(k.idempotency(slug, request_id))
         args: list[Any] = [

@@ -13,7 +13,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
-from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
@@ -22,7 +21,6 @@ from server.convert import Presigner
 from server.access import Gatekeeper
 from server.auth import Authenticator
 from server.decoding import TolerantDecoding
-from server.enqueuer import Enqueuer
 from server.health import HealthMonitor
 from server.http import HttpSide
 from server.ratelimit import RateLimiter
@@ -76,8 +74,6 @@ class LonghaulServer:
         self._hub: WatchHub | None = None
         self._records: RecordCache | None = None
         self._health: HealthMonitor | None = None
-        self._queue: JobQueue | None = None
-        self._enqueuer: Enqueuer | None = None
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
@@ -94,8 +90,6 @@ class LonghaulServer:
         if s.record_cache_size:
             self._records = records = RecordCache(store, presigner, s.redis_url, s.record_cache_size)
             store.on_write = self._records.drop
-        self._queue = JobQueue(s)
-        self._enqueuer = Enqueuer(self._queue)
         # Every job event the hub relays also drops the job's cached record.
         self._hub = WatchHub(redis, store.keys, on_event=store.on_write)
         self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME])
@@ -109,7 +103,7 @@ class LonghaulServer:
             interceptors=[TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)],
         )
         pb_grpc.add_DownloadServiceServicer_to_server(
-            DownloadServicer(s, store, records, self._enqueuer, self._hub, presigner, s3), server
+            DownloadServicer(s, store, records, self._hub, presigner, s3), server
         )
         operations.add_to_server(operations.OperationsServicer(store, records, self._hub, presigner, s.heartbeat_s), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
@@ -129,7 +123,6 @@ class LonghaulServer:
             await self._records.start()
             self._exit_stack.push_async_callback(self._records.close)
         await self._hub.start()
-        self._enqueuer.start()
         await self._health.start()
         self.http_port = await self._http.start(s.http_listen, http_ssl_context(s))
         await server.start()
@@ -160,10 +153,6 @@ class LonghaulServer:
             await stopped
         if self._http is not None:
             await self._http.stop()
-        # 4. Hand the last created jobs to the queue, close connections.
-        if self._enqueuer is not None:
-            await self._enqueuer.close()
-        if self._queue is not None:
-            await self._queue.close()
+        # 4. Close connections.
         await self._exit_stack.aclose()
         log.info("server stopped")

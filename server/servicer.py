@@ -6,7 +6,6 @@ import logging
 import time
 from typing import Any
 
-from jobs.model import F, State
 from jobs.settings import Settings
 from jobs.storage import head_source, source_key
 from jobs.store import JobStore
@@ -15,7 +14,6 @@ from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server import validation
 from server.caller import tenant
 from server.convert import Presigner, event_type, to_job
-from server.enqueuer import Enqueuer
 from server.errors import grpc_errors, status_for
 from server.records import RecordCache, StoredRecords
 from server.watch import WatchHub, follow
@@ -29,7 +27,6 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
         settings: Settings,
         store: JobStore,
         records: RecordCache | StoredRecords,
-        enqueuer: Enqueuer,
         hub: WatchHub,
         presigner: Presigner,
         s3: Any,
@@ -37,7 +34,6 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
         self._settings = settings
         self._store = store
         self._records = records  # where GetStatus reads: the record cache, or Redis each time
-        self._enqueuer = enqueuer
         self._hub = hub
         self._presigner = presigner
         self._s3 = s3
@@ -45,11 +41,8 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
     @grpc_errors
     async def InitiateDownload(self, request: pb.InitiateDownloadRequest, context: Any) -> pb.InitiateDownloadResponse:
         file_ids, request_id, priority = validation.initiate(request)
-        fields, created = await self._store.create(tenant(), file_ids, request_id, priority)
-        # A repeated request re-enqueues a job that is still queued: a no-op when the queue has it,
-        # and the repair when the first attempt lost its enqueue.
-        if created or fields[F.STATE] == State.QUEUED:
-            self._enqueuer.submit(fields[F.ID], priority)
+        # The job reaches the queue through a worker's relay (worker/relay.py), not from here.
+        fields, _ = await self._store.create(tenant(), file_ids, request_id, priority)
         return pb.InitiateDownloadResponse(job=to_job(fields, self._presigner))
 
     @grpc_errors

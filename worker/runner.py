@@ -1,5 +1,5 @@
-"""A worker process's engine: takes jobs from the queue, runs each, records the outcome, and stops
-running jobs that are cancelled anywhere."""
+"""A worker process's engine: relays created jobs to the queue, takes jobs from it, runs each,
+records the outcome, and stops running jobs that are cancelled anywhere."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from worker.failures import retry_delay_ms, transient_code
 from worker.housekeeping import Housekeeper
 from worker.pipeline import PermanentJobError, build_archive
 from worker.progress import Progress
+from worker.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class WorkerRunner:
         self._commands = multiplexed_redis(settings)
         self._store = JobStore(self._redis, settings, self._commands)
         self._queue = JobQueue(settings)
+        self._relay = Relay(self._redis, self._store.keys, self._queue)
         self._running: dict[str, asyncio.Task[int | None]] = {}  # job id -> its run
         self._cancelled: set[asyncio.Task[int | None]] = set()  # runs stopped by a user's cancel
         self._superseded: set[asyncio.Task[int | None]] = set()  # runs stopped by a later delivery
@@ -68,11 +70,13 @@ class WorkerRunner:
         housekeeper = Housekeeper(self.settings, self._redis, self._store, self._queue, self._s3)
         self._housekeeping = asyncio.create_task(housekeeper.run())
         self._worker = self._queue.worker(self._process, self.name)
+        self._relay.start()
         log.info("worker %s taking jobs from queue %r", self.name, self.settings.queue_name)
 
     async def stop(self) -> None:
         """Stops intake, lets running jobs finish within the grace period, then hands the rest
         back to the queue so another worker takes them at once (not after the lock lapses)."""
+        await self._relay.close()
         if self._worker is not None:
             await self._close_worker()
         background = [task for task in (self._cancel_listener, self._housekeeping) if task is not None]

@@ -1,20 +1,25 @@
--- Creates a job: record, first event, the tenant's index and active set, the outbox entry and the
--- idempotency key, atomically, within the tenant's active-jobs quota.
--- The outbox entry stays until a reconciler has seen the job in the queue, so a server that dies
--- between this script and its enqueue cannot strand the job.
--- KEYS: job, events, tenant index, tenant active set, outbox[, tenant idempotency key]
+-- Creates a job: record, first event, the tenant's index and active set, the outbox entry, the
+-- relay's entry and the idempotency key, atomically, within the tenant's active-jobs quota.
+-- A worker's relay pops the job from the fresh list and enqueues it (worker/relay.py). The outbox
+-- entry stays until a reconciler has seen the job in the queue, so a relay that dies between its
+-- pop and its enqueue cannot strand the job.
+-- KEYS: job, events, tenant index, tenant active set, outbox, fresh[, tenant idempotency key]
 -- ARGV: job_id, fingerprint, idempotency_ttl_s, history_len, index_member, trim_below, created_ms,
 --       the record's fields as one JSON object of strings (one argument, not two per field: each
 --       argument costs the caller an encoding step), max_active (0 = no limit), job key prefix
 -- Returns {"created", payload} | {"exists", job_id} | {"conflict", job_id} | {"quota", active}
 local job_id, fingerprint = ARGV[1], ARGV[2]
-if #KEYS == 6 then
-  local existing = redis.call("GET", KEYS[6])
+if #KEYS == 7 then
+  local existing = redis.call("GET", KEYS[7])
   if existing then
     local sep = string.find(existing, " ", 1, true)
     local other_id, other_fp = string.sub(existing, 1, sep - 1), string.sub(existing, sep + 1)
-    if other_fp == fingerprint then return {"exists", other_id} end
-    return {"conflict", other_id}
+    if other_fp ~= fingerprint then return {"conflict", other_id} end
+    -- A repeated request for a job still queued hands it to the relay again: a no-op when the
+    -- queue has it (bullmq adds a job id once), the repair when it was lost on its way.
+    local other = redis.call("HMGET", ARGV[10] .. other_id, "state", "priority")
+    if other[1] == "QUEUED" then redis.call("RPUSH", KEYS[6], other_id .. " " .. other[2]) end
+    return {"exists", other_id}
   end
 end
 
@@ -48,7 +53,8 @@ redis.call("ZADD", KEYS[3], 0, ARGV[5])
 redis.call("ZREMRANGEBYLEX", KEYS[3], "-", "(" .. ARGV[6])
 redis.call("SADD", KEYS[4], job_id)
 redis.call("ZADD", KEYS[5], ARGV[7], job_id)
-if #KEYS == 6 then
-  redis.call("SET", KEYS[6], job_id .. " " .. fingerprint, "EX", ARGV[3])
+redis.call("RPUSH", KEYS[6], job_id .. " " .. record.priority)
+if #KEYS == 7 then
+  redis.call("SET", KEYS[7], job_id .. " " .. fingerprint, "EX", ARGV[3])
 end
 return {"created", payload}
