@@ -10,6 +10,7 @@
     {p}:t:{t}:rate:{sec}  string  the tenant's requests in one second (the rate limit), expires
     {p}:outbox            zset    job ids by creation time, until the reconciler has seen each in the queue
     {p}:fresh             list    "{id} {priority}" of created jobs, until a worker's relay enqueues them
+    {p}:fresh:wake:{r}    list    one relay's own key: pushed to end its blocking pop when it stops
     {p}:sweep             zset    artifact object keys by the time they are to be deleted from S3
     {p}:events            channel every job event, "{id}\\n{json}", read by each server's watch hub
     {p}:cancel            channel job ids to cancel, read by every worker process
@@ -61,6 +62,9 @@ class Keys:
     @property
     def fresh(self) -> str:
         return f"{self.prefix}:fresh"
+
+    def relay_wake(self, relay_id: str) -> str:
+        return f"{self.prefix}:fresh:wake:{relay_id}"
 
     @property
     def sweep(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 from redis.asyncio import Redis
 
@@ -37,8 +38,12 @@ class Relay:
     def __init__(self, redis: Redis, keys: Keys, queue: JobQueue) -> None:
         self._redis = redis
         self._fresh = keys.fresh
+        # The blocking pop also listens here, so close() can end it: cancelling a blocked redis-py
+        # command can leave the task hanging for good (redis/redis-py#2579).
+        self._wake = keys.relay_wake(uuid.uuid4().hex)
         self._queue = queue
         self._batch: list[tuple[str, Priority]] = []  # taken from the list, not yet in the queue
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -47,13 +52,21 @@ class Relay:
     async def close(self, timeout_s: float = 5.0) -> None:
         if self._task is None:
             return
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while self._batch and not self._task.done() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        self._closing = True
+        try:
+            await self._redis.rpush(self._wake, "stop")
+        except Exception:  # noqa: BLE001 - Redis is away: the pop fails on its own
+            log.debug("could not wake the relay", exc_info=True)
+        await asyncio.wait([self._task], timeout=timeout_s)
         if self._batch:
             log.warning("%d created jobs left for the reconciler to enqueue", len(self._batch))
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        if not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=1.0)
+        try:
+            await self._redis.delete(self._wake)
+        except Exception:  # noqa: BLE001 - nothing depends on it
+            log.debug("could not delete the relay's wake key", exc_info=True)
 
     async def relay_waiting(self) -> int:
         """Enqueues every job in the list now, without waiting for more; returns how many."""
@@ -65,7 +78,7 @@ class Relay:
 
     async def _run(self) -> None:
         backoff_s = 0.05
-        while True:
+        while not self._closing or self._batch:
             try:
                 if self._batch or await self._take(block=True):
                     await self._send()
@@ -77,12 +90,13 @@ class Relay:
 
     async def _take(self, block: bool) -> bool:
         if block:
-            popped = await self._redis.blmpop(_BLOCK_S, 1, self._fresh, direction="LEFT", count=_MAX_BATCH)
+            popped = await self._redis.blmpop(_BLOCK_S, 2, self._fresh, self._wake, direction="LEFT", count=_MAX_BATCH)
         else:
             popped = await self._redis.lmpop(1, self._fresh, direction="LEFT", count=_MAX_BATCH)
-        if popped:
-            self._batch = [parse(entry) for entry in popped[1]]
-        return bool(popped)
+        if not popped or popped[0] == self._wake:
+            return False
+        self._batch = [parse(entry) for entry in popped[1]]
+        return True
 
     async def _send(self) -> None:
         await self._queue.enqueue_many(self._batch)

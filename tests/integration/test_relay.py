@@ -120,3 +120,14 @@ async def test_jobs_created_while_no_worker_runs_start_when_one_does(make_stack)
     await stack.add_worker()
     for job in jobs:
         assert (await wait_done(stack.stub, job.job_id)).state == pb.JOB_STATE_COMPLETED
+
+
+async def test_closing_a_relay_blocked_on_an_empty_list_ends_its_wait(parts) -> None:
+    # Cancelling a blocked redis-py command can hang its task for good; close() wakes the pop instead.
+    redis, store, queue = parts
+    for _ in range(20):
+        relay = Relay(redis, store.keys, queue)
+        relay.start()
+        await asyncio.sleep(0.02)  # blocked in its pop (5 s)
+        await asyncio.wait_for(relay.close(), 3)
+    assert await redis.keys(f"{store.keys.fresh}:*") == [], "no wake key is left behind"
