@@ -99,7 +99,7 @@ class JobStore:
             keys.append(k.idempotency(slug, request_id))
         args: list[Any] = [
             job_id,
-            fingerprint(file_ids),
+            fingerprint(file_ids) if request_id else "",
             retention_s,
             self.settings.event_history_len,
             index_member(created, job_id),
@@ -111,7 +111,7 @@ class JobStore:
         ]
         outcome = await self._create(keys=keys, args=args)
         if outcome[0] == "created":
-            return json.loads(outcome[1]) | {F.FILE_IDS: fields[F.FILE_IDS]}, True
+            return fields, True
         if outcome[0] == "conflict":
             raise IdempotencyConflict(request_id, outcome[1])
         if outcome[0] == "quota":

@@ -4,10 +4,10 @@
 -- entry stays until a reconciler has seen the job in the queue, so a relay that dies between its
 -- pop and its enqueue cannot strand the job.
 -- KEYS: job, events, tenant index, tenant active set, outbox, fresh[, tenant idempotency key]
--- ARGV: job_id, fingerprint, idempotency_ttl_s, history_len, index_member, trim_below, created_ms,
+-- ARGV: job_id, fingerprint (with a request id), idempotency_ttl_s, history_len, index_member, trim_below, created_ms,
 --       the record's fields as one JSON object of strings (one argument, not two per field: each
 --       argument costs the caller an encoding step), max_active (0 = no limit), job key prefix
--- Returns {"created", payload} | {"exists", job_id} | {"conflict", job_id} | {"quota", active}
+-- Returns {"created"} | {"exists", job_id} | {"conflict", job_id} | {"quota", active}
 local job_id, fingerprint = ARGV[1], ARGV[2]
 if #KEYS == 7 then
   local existing = redis.call("GET", KEYS[7])
@@ -46,8 +46,7 @@ for name, value in pairs(record) do
   if name ~= "file_ids" then event[name] = value end
 end
 redis.call("HSET", KEYS[1], unpack(fields))
-local payload = cjson.encode(event)
-redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[4], "1-0", "e", payload)
+redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[4], "1-0", "e", cjson.encode(event))
 redis.call("ZADD", KEYS[3], 0, ARGV[5])
 -- Forget index entries older than any job can still be remembered.
 redis.call("ZREMRANGEBYLEX", KEYS[3], "-", "(" .. ARGV[6])
@@ -57,4 +56,4 @@ redis.call("RPUSH", KEYS[6], job_id .. " " .. record.priority)
 if #KEYS == 7 then
   redis.call("SET", KEYS[7], job_id .. " " .. fingerprint, "EX", ARGV[3])
 end
-return {"created", payload}
+return {"created"}
