@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import time
 import urllib.request
 import zipfile
 
@@ -34,6 +36,17 @@ async def wait_done(stub: pb_grpc.DownloadServiceStub, job_id: str, timeout_s: f
     job = messages[-1].job
     assert job.state in TERMINAL, messages[-1]
     return job
+
+
+async def wait_running_on(stack, job_id: str, not_on: str = "", timeout_s: float = 20) -> pb.Job:  # noqa: ANN001
+    """Until the job runs (a file done) on a worker other than `not_on`; returns it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job_id))).job
+        if job.state == pb.JOB_STATE_RUNNING and job.worker and job.worker != not_on and job.files_done >= 1:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job never ran on a worker other than {not_on!r}: {job}")
 
 
 def fetch(url: str) -> bytes:

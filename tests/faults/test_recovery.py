@@ -17,7 +17,7 @@ from jobs.connections import redis_client, s3_client_kwargs, s3_session
 from jobs.keys import Keys
 from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import SMALL_IDS
-from tests.helpers import check_archive, initiate, wait_done, watch_all
+from tests.helpers import check_archive, initiate, wait_done, wait_running_on, watch_all
 
 # Short locks so a dead worker's job moves on in about 3 s instead of about 15 s.
 FAST_RECOVERY = {"lock_ms": 2_000, "stalled_check_ms": 1_000, "shutdown_grace_s": 0.5}
@@ -26,16 +26,6 @@ FAST_RECOVERY = {"lock_ms": 2_000, "stalled_check_ms": 1_000, "shutdown_grace_s"
 def start_worker(stack, work_dir, name: str) -> ManagedProcess:  # noqa: ANN001
     env = stack.settings.replace(worker_name=name).to_env()
     return python_process(f"{stack.settings.redis_prefix}-{name}", "worker", env, work_dir / "logs")
-
-
-async def wait_running_on(stack, job_id: str, not_on: str = "", timeout_s: float = 20) -> pb.Job:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job_id))).job
-        if job.state == pb.JOB_STATE_RUNNING and job.worker and job.worker != not_on and job.files_done >= 1:
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job never ran on a worker other than {not_on!r}: {job}")
 
 
 async def test_a_sigkilled_workers_job_completes_on_another_worker(make_stack, work_dir) -> None:

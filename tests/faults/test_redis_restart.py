@@ -14,8 +14,7 @@ from devstack.processes import free_port
 from devstack.services import start_redis
 from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import SMALL_IDS
-from tests.faults.test_recovery import wait_running_on
-from tests.helpers import check_archive, initiate, wait_done
+from tests.helpers import check_archive, initiate, wait_done, wait_running_on
 
 
 class RestartableRedis:
