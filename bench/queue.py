@@ -76,7 +76,7 @@ async def _noop_rate(env: BenchEnv, count: int) -> float:
         # Relayed here, before the clock starts, as the baseline's jobs are added before its clock.
         await Relay(redis, store.keys, queue).relay_waiting()
         await queue.close()
-    async with EventTap(redis, store.keys.events_channel) as tap:
+        async with EventTap(redis, store.keys.events_channel) as tap:
             worker = env.start_worker("noop", module="bench.noop_worker")
             first = last = None
             finished = 0
