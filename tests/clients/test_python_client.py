@@ -47,6 +47,43 @@ async def test_the_same_request_id_gives_the_same_job_and_list_finds_it(client) 
     assert [j.job_id async for j in client.list(page_size=1)] == [first.job_id]
 
 
+class _CancelsFirstThenForwards(grpc.GenericRpcHandler):
+    """The first call meets a server that has begun to stop: gRPC answers it CANCELLED before any
+    handler runs (grpc/grpc#41785). Later calls go through to the real server."""
+
+    def __init__(self, upstream: grpc.aio.Channel) -> None:
+        self.upstream = upstream
+        self.calls = 0
+
+    def service(self, handler_call_details):  # noqa: ANN001, ANN201
+        forward = self.upstream.unary_unary(handler_call_details.method)
+
+        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.calls += 1
+            if self.calls == 1:
+                await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+            metadata = [(k, v) for k, v in context.invocation_metadata() if k == "authorization"]
+            return await forward(request, metadata=metadata)
+
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+
+async def test_a_call_a_stopping_server_answered_cancelled_is_retried(stack) -> None:  # noqa: ANN001
+    async with grpc.aio.insecure_channel(stack.address) as upstream:
+        stopping = _CancelsFirstThenForwards(upstream)
+        front = grpc.aio.server()
+        front.add_generic_rpc_handlers([stopping])
+        port = front.add_insecure_port("127.0.0.1:0")
+        await front.start()
+        try:
+            async with AsyncClient(f"127.0.0.1:{port}", token=TOKEN) as client:
+                job = await client.initiate(SMALL_IDS[:1], request_id="roll-1")
+                assert (await client.status(job.job_id)).job_id == job.job_id
+            assert stopping.calls == 3, "the cancelled InitiateDownload was sent again, once"
+        finally:
+            await front.stop(None)
+
+
 async def test_a_failed_job_raises_job_failed_with_its_reason(client) -> None:  # noqa: ANN001
     job = await client.initiate(MISSING_IDS)
     with pytest.raises(JobFailed) as failed:

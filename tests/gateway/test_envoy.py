@@ -4,12 +4,14 @@ with SSE, CORS, errors, timeouts — against a server and worker running as thei
 from __future__ import annotations
 
 import asyncio
+import copy
 import signal
 import socket
 import time
 
 import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
@@ -296,3 +298,57 @@ async def test_replicas_a_stopping_server_leaves_rotation_and_watches_resume_on_
                 await stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))
     finally:
         stop_gateway(gateway)
+
+
+class _AnswersCancelled(grpc.GenericRpcHandler):
+    """Every call but health ends CANCELLED before any reply, as gRPC answers calls that reach a
+    server that has begun to stop (grpc/grpc#41785), before any handler of ours runs."""
+
+    def service(self, handler_call_details):  # noqa: ANN001, ANN201
+        async def cancel(request: bytes, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+
+        return grpc.unary_unary_rpc_method_handler(cancel)
+
+
+async def test_a_call_a_stopping_replica_did_not_run_is_retried_on_another_unless_it_changes_state(
+    base_settings, work_dir
+) -> None:
+    stopping = grpc.aio.server()
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("longhaul.download.v1.DownloadService", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, stopping)
+    stopping.add_generic_rpc_handlers([_AnswersCancelled()])
+    stopping_port = stopping.add_insecure_port("127.0.0.1:0")
+    await stopping.start()
+
+    def add_stopping_replica(config: dict) -> None:
+        cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "longhaul_grpc")
+        endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        endpoints.append(copy.deepcopy(endpoints[0]))
+        endpoints[-1]["endpoint"]["address"]["socket_address"]["port_value"] = stopping_port
+
+    # In a thread: the replica answers Envoy's health checks from this event loop meanwhile.
+    gateway = await asyncio.to_thread(start_gateway, base_settings, work_dir, envoy_changes=add_stopping_replica)
+    try:
+        async with credentials.channel(gateway.address) as channel:
+            stub = pb_grpc.DownloadServiceStub(channel)
+            # Writes are not repeated (one may have run): once the replica is in rotation, some fail.
+            job, cancelled, deadline = None, 0, time.monotonic() + 15
+            while job is None or not cancelled:
+                assert time.monotonic() < deadline, "no InitiateDownload failed: none reached that replica, or Envoy repeated them"
+                try:
+                    job = await initiate(stub, SMALL_IDS[:1])
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() == grpc.StatusCode.CANCELLED, error
+                    cancelled += 1
+            # Reads, unary and streaming, are repeated on the other replica: none fails.
+            for _ in range(10):
+                await stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))
+                await stub.ListDownloads(pb.ListDownloadsRequest(page_size=1))
+                watch = stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id), timeout=10)
+                assert (await watch.read()).type == pb.EVENT_TYPE_SNAPSHOT
+                watch.cancel()
+    finally:
+        stop_gateway(gateway)
+        await stopping.stop(None)

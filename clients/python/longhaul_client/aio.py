@@ -26,7 +26,9 @@ TERMINAL_STATES = frozenset(
 PRIORITIES = {"low": pb.PRIORITY_LOW, "normal": pb.PRIORITY_NORMAL, "high": pb.PRIORITY_HIGH}
 
 # Unary calls that fail with UNAVAILABLE (a server restarting, a replica going away) are retried by
-# gRPC itself. Every call here is safe to repeat: InitiateDownload always carries a request id.
+# gRPC itself, and so are those answered CANCELLED: gRPC's answer to a call that reaches a server as
+# it begins to stop (grpc/grpc#41785). Every call here is safe to repeat: InitiateDownload always
+# carries a request id, and cancelling a cancelled job returns it.
 _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
@@ -37,7 +39,7 @@ _SERVICE_CONFIG = json.dumps(
                     "initialBackoff": "0.2s",
                     "maxBackoff": "3s",
                     "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                 },
             }
         ]
