@@ -63,6 +63,46 @@ async def raw_upload_s(settings: Settings, size: int) -> float:
         return time.monotonic() - started
 
 
+async def raw_copy_s(settings: Settings, file_ids: list[int]) -> float:
+    """Seconds for a plain copy of the sources into one multipart upload: each read as one streamed
+    GET, parts of the same size, two in flight. The S3 server's share of our job, without the zip,
+    the hashing or the job around it."""
+    async with s3_session().client("s3", **s3_client_kwargs(settings)) as s3:
+        started = time.monotonic()
+        upload = await s3.create_multipart_upload(Bucket=settings.artifact_bucket, Key="bench/copy")
+        slots, sending, buffer = asyncio.Semaphore(2), [], bytearray()
+
+        async def part(number: int, body: bytes) -> dict:
+            try:
+                reply = await s3.upload_part(
+                    Bucket=settings.artifact_bucket, Key="bench/copy", UploadId=upload["UploadId"],
+                    PartNumber=number, Body=body,
+                )
+                return {"PartNumber": number, "ETag": reply["ETag"]}
+            finally:
+                slots.release()
+
+        async def send(length: int) -> None:
+            await slots.acquire()  # reading waits while two parts are in flight, as the worker's does
+            sending.append(asyncio.create_task(part(len(sending) + 1, bytes(buffer[:length]))))
+            del buffer[:length]
+
+        for file_id in file_ids:
+            source = await s3.get_object(Bucket=settings.source_bucket, Key=f"{settings.source_prefix}{file_id}.zip")
+            async for chunk in source["Body"].iter_chunks(1024 * 1024):
+                buffer += chunk
+                if len(buffer) >= settings.upload_part_size:
+                    await send(settings.upload_part_size)
+        if buffer:
+            await send(len(buffer))
+        parts = await asyncio.gather(*sending)
+        await s3.complete_multipart_upload(
+            Bucket=settings.artifact_bucket, Key="bench/copy", UploadId=upload["UploadId"],
+            MultipartUpload={"Parts": list(parts)},
+        )
+        return time.monotonic() - started
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -103,21 +143,30 @@ def run(env: BenchEnv, small_mb: int, large_mb: int, rounds: int) -> list[Row]:
 
     asyncio.run(seed())
     small_rss, _, small_size = asyncio.run(run_job(env, [90_000_001]))
-    large_rss, ours_mbps, raw_mbps, ratios = 0.0, [], [], []
+    large_rss, ours_mbps, raw_mbps, copy_mbps, ratios, copy_ratios = 0.0, [], [], [], [], []
     for _ in range(rounds):
         rss, large_s, large_size = asyncio.run(run_job(env, large_ids))
         raw_s = asyncio.run(raw_upload_s(s, large_size))
+        copy_s = asyncio.run(raw_copy_s(s, large_ids))
         large_rss = max(large_rss, rss)
         ours_mbps.append(large_size / 2**20 / large_s)
         raw_mbps.append(large_size / 2**20 / raw_s)
+        copy_mbps.append(large_size / 2**20 / copy_s)
         ratios.append(ours_mbps[-1] / raw_mbps[-1])
+        copy_ratios.append(ours_mbps[-1] / copy_mbps[-1])
+
+    def spread(values: list[float]) -> str:
+        return f"{median(values):.0%}" + (f" (median of {rounds}: {min(values):.0%}-{max(values):.0%})" if rounds > 1 else "")
+
     ratio = median(ratios)
-    spread = f" (median of {rounds}: {min(ratios):.0%}-{max(ratios):.0%})" if rounds > 1 else ""
     added = large_rss - small_rss
+    archive = f"archive + upload, {large_size / 2**20:,.0f} MB (read from S3, zipped, SHA-256, multipart)"
     return [
-        Row(f"archive + upload, {large_size / 2**20:,.0f} MB (read from S3, zipped, SHA-256, multipart)",
-            f"{median(ours_mbps):.0f} MB/s", f"raw multipart upload of the same bytes {median(raw_mbps):.0f} MB/s",
-            f"{ratio:.0%}{spread}", ">= 80 %", ratio >= 0.8),
+        Row(archive, f"{median(ours_mbps):.0f} MB/s", f"raw multipart upload of the same bytes {median(raw_mbps):.0f} MB/s",
+            spread(ratios), ">= 80 %", ratio >= 0.8),
+        # Not a target: what our job costs beyond the reads and writes it cannot avoid.
+        Row(archive, f"{median(ours_mbps):.0f} MB/s", f"raw copy of the same sources (GET + multipart) {median(copy_mbps):.0f} MB/s",
+            spread(copy_ratios), "", None),
         Row(f"worker peak RSS, {large_size / 2**20:,.0f} MB archive vs {small_size / 2**20:,.0f} MB",
             f"{large_rss:.0f} MB (+{added:.0f} MB)", f"{small_rss:.0f} MB", "", "+ < 50 MB for 1 GB", added < 50),
     ]
