@@ -72,7 +72,7 @@ async def raw_copy_s(settings: Settings, file_ids: list[int]) -> float:
         upload = await s3.create_multipart_upload(Bucket=settings.artifact_bucket, Key="bench/copy")
         slots, sending, buffer = asyncio.Semaphore(2), [], bytearray()
 
-        async def part(number: int, body: bytes) -> dict:
+        async def part(number: int, body: bytearray) -> dict:
             try:
                 reply = await s3.upload_part(
                     Bucket=settings.artifact_bucket, Key="bench/copy", UploadId=upload["UploadId"],
@@ -84,7 +84,7 @@ async def raw_copy_s(settings: Settings, file_ids: list[int]) -> float:
 
         async def send(length: int) -> None:
             await slots.acquire()  # reading waits while two parts are in flight, as the worker's does
-            sending.append(asyncio.create_task(part(len(sending) + 1, bytes(buffer[:length]))))
+            sending.append(asyncio.create_task(part(len(sending) + 1, buffer[:length])))  # one copy
             del buffer[:length]
 
         for file_id in file_ids:

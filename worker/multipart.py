@@ -4,10 +4,8 @@
 ships every full part. The SHA-256 is computed on the way.
 
 Each part is filled in its own buffer, which is reused once its upload is done: about
-`max_in_flight + 2` buffers whatever the archive size. A new buffer grows as it fills, so a small
-archive holds only its bytes. Cutting a fresh `bytes` from one growing buffer for each part instead
-cost a copy of every byte, and its heap churn left the worker holding 15-20 MB more than it used
-(after the first such block is freed, glibc serves the next ones from its heap, which fragments).
+`max_in_flight + 2` buffers whatever the archive size, and no copy of each part. A new buffer grows
+as it fills, so a small archive holds only its bytes.
 """
 
 from __future__ import annotations
