@@ -35,6 +35,21 @@ log = logging.getLogger(__name__)
 _HAND_BACK_S = 5.0
 
 
+async def cancel_until_done(tasks: list[asyncio.Task[Any]], every_s: float = 1.0) -> None:
+    """Cancels the tasks and waits until they have ended, cancelling again any that carries on.
+
+    A library can swallow a cancellation (seen once: the housekeeping loop took its next nap with
+    the cancellation still counted, and a worker's stop waited for it forever). A task that keeps
+    looping that way ends at the next cancellation, which reaches it at its next await.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every_s)
+    await asyncio.gather(*tasks, return_exceptions=True)  # all ended: collects their exceptions
+
+
 class WorkerRunner:
     """Runs jobs from the queue until `stop()`.
 
@@ -79,10 +94,7 @@ class WorkerRunner:
         await self._relay.close()
         if self._worker is not None:
             await self._close_worker()
-        background = [task for task in (self._cancel_listener, self._housekeeping) if task is not None]
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await cancel_until_done([task for task in (self._cancel_listener, self._housekeeping) if task is not None])
         await self._queue.close()
         await self._exit_stack.aclose()
         await self._commands.aclose()
