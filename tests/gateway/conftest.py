@@ -61,22 +61,30 @@ def start_gateway(
     envoy_port, admin_port = free_port(reserved), free_port(reserved)
     settings = base.replace(redis_prefix=f"gw-{uuid.uuid4().hex[:10]}", **{**GATEWAY_SETTINGS, **changes})
     logs = work_dir / "logs"
-    servers, upstreams = [], []
-    for index in range(replicas):
-        grpc_port, http_port = free_port(reserved), free_port(reserved)
-        own = settings.replace(grpc_listen=f"127.0.0.1:{grpc_port}", http_listen=f"127.0.0.1:{http_port}")
-        server = python_process(f"server-{settings.redis_prefix}-{index}", "server", own.to_env(), logs)
-        server.wait_until(lambda g=grpc_port, h=http_port: port_open(g) and port_open(h), 30, "serving")
-        servers.append(server)
-        upstreams.append((grpc_port, http_port))
-    worker = python_process(f"worker-{settings.redis_prefix}", "worker", settings.to_env(), logs)
-    config = envoy_config(envoy_port, admin_port, upstreams)
-    if envoy_changes:
-        envoy_changes(config)
-    envoy = start_envoy(config, work_dir / "envoy", logs, name=f"envoy-{settings.redis_prefix}")
-    if wait:
-        wait_healthy(envoy_port)
-    return Gateway(settings, envoy_port, servers, worker, envoy)
+    started: list[ManagedProcess] = []
+    try:  # a step that fails stops what the earlier ones started, so no process outlives the test
+        upstreams = []
+        for index in range(replicas):
+            grpc_port, http_port = free_port(reserved), free_port(reserved)
+            own = settings.replace(grpc_listen=f"127.0.0.1:{grpc_port}", http_listen=f"127.0.0.1:{http_port}")
+            server = python_process(f"server-{settings.redis_prefix}-{index}", "server", own.to_env(), logs)
+            started.append(server)
+            server.wait_until(lambda g=grpc_port, h=http_port: port_open(g) and port_open(h), 30, "serving")
+            upstreams.append((grpc_port, http_port))
+        worker = python_process(f"worker-{settings.redis_prefix}", "worker", settings.to_env(), logs)
+        started.append(worker)
+        config = envoy_config(envoy_port, admin_port, upstreams)
+        if envoy_changes:
+            envoy_changes(config)
+        envoy = start_envoy(config, work_dir / "envoy", logs, name=f"envoy-{settings.redis_prefix}")
+        started.append(envoy)
+        if wait:
+            wait_healthy(envoy_port)
+    except BaseException:
+        for proc in reversed(started):
+            proc.stop()
+        raise
+    return Gateway(settings, envoy_port, started[:replicas], worker, envoy)
 
 
 def stop_gateway(gateway: Gateway) -> None:
