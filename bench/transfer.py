@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench.env import BenchEnv, TENANT
@@ -38,28 +39,41 @@ async def put_sized(s3, settings: Settings, file_id: int, size: int) -> None:  #
     )
 
 
+async def _upload_parts(s3, settings: Settings, key: str, bodies: AsyncIterator[bytes | bytearray]) -> None:  # noqa: ANN001
+    """A multipart upload of `bodies` as its parts, two in flight (as the worker's sink); the next
+    body is not asked for while two are uploading."""
+    upload = await s3.create_multipart_upload(Bucket=settings.artifact_bucket, Key=key)
+    slots, sending = asyncio.Semaphore(2), []
+
+    async def part(number: int, body: bytes | bytearray) -> dict:
+        try:
+            reply = await s3.upload_part(
+                Bucket=settings.artifact_bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number, Body=body
+            )
+            return {"PartNumber": number, "ETag": reply["ETag"]}
+        finally:
+            slots.release()
+
+    async for body in bodies:
+        await slots.acquire()
+        sending.append(asyncio.create_task(part(len(sending) + 1, body)))
+    parts = await asyncio.gather(*sending)
+    await s3.complete_multipart_upload(
+        Bucket=settings.artifact_bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
+    )
+
+
 async def raw_upload_s(settings: Settings, size: int) -> float:
     """Seconds for a plain multipart upload of `size` bytes: same part size, two parts in flight."""
     block = os.urandom(settings.upload_part_size)
+
+    async def bodies() -> AsyncIterator[bytes]:
+        for offset in range(0, size, settings.upload_part_size):
+            yield block[: min(settings.upload_part_size, size - offset)]
+
     async with s3_session().client("s3", **s3_client_kwargs(settings)) as s3:
         started = time.monotonic()
-        upload = await s3.create_multipart_upload(Bucket=settings.artifact_bucket, Key="bench/raw")
-        slots = asyncio.Semaphore(2)
-
-        async def part(number: int, length: int) -> dict:
-            async with slots:
-                reply = await s3.upload_part(
-                    Bucket=settings.artifact_bucket, Key="bench/raw", UploadId=upload["UploadId"],
-                    PartNumber=number, Body=block[:length],
-                )
-                return {"PartNumber": number, "ETag": reply["ETag"]}
-
-        sizes = [min(settings.upload_part_size, size - offset) for offset in range(0, size, settings.upload_part_size)]
-        parts = await asyncio.gather(*(part(i + 1, n) for i, n in enumerate(sizes)))
-        await s3.complete_multipart_upload(
-            Bucket=settings.artifact_bucket, Key="bench/raw", UploadId=upload["UploadId"],
-            MultipartUpload={"Parts": list(parts)},
-        )
+        await _upload_parts(s3, settings, "bench/raw", bodies())
         return time.monotonic() - started
 
 
@@ -68,38 +82,21 @@ async def raw_copy_s(settings: Settings, file_ids: list[int]) -> float:
     GET, parts of the same size, two in flight. The S3 server's share of our job, without the zip,
     the hashing or the job around it."""
     async with s3_session().client("s3", **s3_client_kwargs(settings)) as s3:
+
+        async def bodies() -> AsyncIterator[bytearray]:
+            buffer = bytearray()
+            for file_id in file_ids:
+                source = await s3.get_object(Bucket=settings.source_bucket, Key=f"{settings.source_prefix}{file_id}.zip")
+                async for chunk in source["Body"].iter_chunks(1024 * 1024):
+                    buffer += chunk
+                    if len(buffer) >= settings.upload_part_size:
+                        yield buffer[: settings.upload_part_size]  # one copy
+                        del buffer[: settings.upload_part_size]
+            if buffer:
+                yield buffer
+
         started = time.monotonic()
-        upload = await s3.create_multipart_upload(Bucket=settings.artifact_bucket, Key="bench/copy")
-        slots, sending, buffer = asyncio.Semaphore(2), [], bytearray()
-
-        async def part(number: int, body: bytearray) -> dict:
-            try:
-                reply = await s3.upload_part(
-                    Bucket=settings.artifact_bucket, Key="bench/copy", UploadId=upload["UploadId"],
-                    PartNumber=number, Body=body,
-                )
-                return {"PartNumber": number, "ETag": reply["ETag"]}
-            finally:
-                slots.release()
-
-        async def send(length: int) -> None:
-            await slots.acquire()  # reading waits while two parts are in flight, as the worker's does
-            sending.append(asyncio.create_task(part(len(sending) + 1, buffer[:length])))  # one copy
-            del buffer[:length]
-
-        for file_id in file_ids:
-            source = await s3.get_object(Bucket=settings.source_bucket, Key=f"{settings.source_prefix}{file_id}.zip")
-            async for chunk in source["Body"].iter_chunks(1024 * 1024):
-                buffer += chunk
-                if len(buffer) >= settings.upload_part_size:
-                    await send(settings.upload_part_size)
-        if buffer:
-            await send(len(buffer))
-        parts = await asyncio.gather(*sending)
-        await s3.complete_multipart_upload(
-            Bucket=settings.artifact_bucket, Key="bench/copy", UploadId=upload["UploadId"],
-            MultipartUpload={"Parts": list(parts)},
-        )
+        await _upload_parts(s3, settings, "bench/copy", bodies())
         return time.monotonic() - started
 
 

@@ -27,7 +27,7 @@ _BLOCK_S = 5
 _BACKOFF_CAP_S = 5.0
 
 
-def parse(entry: str) -> tuple[str, Priority]:
+def _parse(entry: str) -> tuple[str, Priority]:
     job_id, _, priority = entry.partition(" ")
     return job_id, Priority(priority)
 
@@ -95,7 +95,7 @@ class Relay:
             popped = await self._redis.lmpop(1, self._fresh, direction="LEFT", count=_MAX_BATCH)
         if not popped or popped[0] == self._wake:
             return False
-        self._batch = [parse(entry) for entry in popped[1]]
+        self._batch = [_parse(entry) for entry in popped[1]]
         return True
 
     async def _send(self) -> None:

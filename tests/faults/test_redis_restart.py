@@ -43,7 +43,7 @@ def own_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
     # is gone takes the hand-back window (5 s) each.
     redis = RestartableRedis(tmp_path)
     yield redis
-    redis.proc.stop()
+    redis.stop()
 
 
 async def test_server_and_workers_ride_out_a_redis_restart(own_redis, make_stack) -> None:
