@@ -8,7 +8,8 @@
     {p}:t:{t}:active      set     the tenant's QUEUED and RUNNING job ids (the active-jobs quota)
     {p}:t:{t}:idem:{rid}  string  the tenant's idempotency key -> "{job_id} {fingerprint}"
     {p}:t:{t}:rate:{sec}  string  the tenant's requests in one second (the rate limit), expires
-    {p}:outbox            zset    job ids by creation time, until the reconciler has seen each in the queue
+    {p}:live              zset    every job not yet finished, by when the reconciler next checks that the
+                                  queue holds it (housekeeping.py)
     {p}:fresh             list    "{id} {priority}" of created jobs, until a worker's relay enqueues them
     {p}:fresh:wake:{r}    list    one relay's own key: pushed to end its blocking pop when it stops
     {p}:sweep             zset    artifact object keys by the time they are to be deleted from S3
@@ -56,8 +57,8 @@ class Keys:
         return f"{self.tenant(slug)}:rate:{second}"
 
     @property
-    def outbox(self) -> str:
-        return f"{self.prefix}:outbox"
+    def live(self) -> str:
+        return f"{self.prefix}:live"
 
     @property
     def fresh(self) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import hiredis
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import BusyLoadingError, ConnectionError, ResponseError, TimeoutError
 
 _RETRIES = 5
 _BACKOFF_BASE_S = 0.05
@@ -40,6 +40,12 @@ def _encode(value: Any) -> bytes:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return repr(value).encode()
     raise TypeError(f"cannot send {type(value).__name__} to Redis")
+
+
+def _classify(error: ResponseError) -> ResponseError | BusyLoadingError:
+    """A restarted Redis answers LOADING until its data is read back: the command did not run, so it
+    is a connection-level failure to retry (redis-py's own parser says the same), not a reply."""
+    return BusyLoadingError(str(error)) if str(error).startswith("LOADING") else error
 
 
 def pack(args: tuple[Any, ...]) -> bytes:
@@ -94,7 +100,7 @@ class _Protocol(asyncio.Protocol):
                 future, _ = self._waiting.popleft()
                 if not future.done():
                     if isinstance(reply, ResponseError):
-                        future.set_exception(reply)
+                        future.set_exception(_classify(reply))
                     else:
                         future.set_result(reply)
         except hiredis.ProtocolError as error:

@@ -20,6 +20,10 @@ from jobs.settings import Settings
 
 JOB_NAME = "download"
 
+# 1 + 2 + … + 256 s: about 8.5 minutes of redelivery before bullmq fails the entry (the reconciler
+# puts a job whose entry failed back in the queue, housekeeping.py).
+_DELIVERY_ATTEMPTS = 10
+
 
 class JobQueue:
     def __init__(self, settings: Settings) -> None:
@@ -41,6 +45,10 @@ class JobQueue:
         await self.queue.addBulk(
             [{"name": JOB_NAME, "data": {"job_id": job_id}, "opts": _options(job_id, priority)} for job_id, priority in jobs]
         )
+
+    async def remove(self, job_id: str) -> None:
+        """Removes a finished (failed) entry, so that the job id can be enqueued again."""
+        await self.queue.remove(job_id)
 
     def worker(self, processor: Callable[[Any, str], Awaitable[Any]], name: str) -> Worker:
         s = self.settings
@@ -80,6 +88,11 @@ def _options(job_id: str, priority: Priority) -> dict[str, Any]:
         "priority": QUEUE_PRIORITY[priority],
         "removeOnComplete": True,
         "removeOnFail": {"count": 1000},
+        # Our processor raises only when Redis failed it (a claim or a hand-back that could not be
+        # written): bullmq then delivers the job again after 1, 2, 4 … s instead of failing it.
+        # Attempts that run and fail are counted by the runner, not here.
+        "attempts": _DELIVERY_ATTEMPTS,
+        "backoff": {"type": "exponential", "delay": 1_000},
     }
 
 

@@ -94,7 +94,7 @@ class JobStore:
             F.SEQ: "1",
         }
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.index(slug), k.active(slug), k.outbox, k.fresh]
+        keys = [k.job(job_id), k.events(job_id), k.index(slug), k.active(slug), k.live, k.fresh]
         if request_id:
             keys.append(k.idempotency(slug, request_id))
         args: list[Any] = [
@@ -122,7 +122,7 @@ class JobStore:
         """Removes every trace of one of `tenant`'s jobs (None: any job), whatever its state; its artifact
         is deleted soon after. Also undoes a create whose enqueue failed, so it leaves nothing behind."""
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.outbox, k.sweep]
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.live, k.sweep]
         forgotten = await self._forget(keys=keys, args=[job_id, now_ms(), tenant or ""])
         self.on_write(job_id)
         if not forgotten:
@@ -227,6 +227,20 @@ class JobStore:
         )
         raise RunSuperseded(job_id, reason)
 
+    async def hand_back(self, job_id: str, token: str, message: str) -> bool:
+        """Puts a RUNNING job whose run was lost back to QUEUED, fencing that run (its token is cleared,
+        so a run that is somehow still alive cannot write again). False when the job moved on since
+        `token` was read: taken by another run, or over."""
+        fields = {
+            F.STATE: State.QUEUED,
+            F.PHASE: Phase.QUEUED,
+            F.MESSAGE: message,
+            F.TOKEN: "",
+            F.NEXT_ATTEMPT_MS: now_ms(),
+        }
+        outcome = await self._apply(job_id, fields, EventType.STATE_CHANGED, expect_token=token)
+        return outcome[0] == "ok"
+
     async def cancel(self, job_id: str, tenant: str) -> Fields:
         """Cancels a live job of `tenant` (idempotent for a cancelled one) and tells the workers."""
         outcome = await self._apply(
@@ -268,7 +282,8 @@ class JobStore:
         ]
         for name, value in fields.items():
             args += [name, value]
-        keys = [self.keys.job(job_id), self.keys.events(job_id), self.keys.tombstone(job_id), self.keys.sweep]
+        k = self.keys
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live]
         outcome = await self._transition(keys=keys, args=args)
         self.on_write(job_id)
         return outcome

@@ -2,7 +2,10 @@
 
 sweep:     delete the artifacts of jobs whose retention has passed (each ended job scheduled its
            artifact's deletion when it ended, see lua/transition.lua)
-reconcile: enqueue jobs that were written but never enqueued (their server died in between)
+reconcile: put back in the queue every job not yet finished that the queue has lost: never
+           enqueued (its relay died on the way), or whose queue entry failed or vanished while the
+           record still says QUEUED or RUNNING (Redis was unreachable when a worker had to
+           record the outcome, or restarted from an older state)
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from jobs.model import F, TERMINAL_STATES, Priority
+from jobs.model import F, TERMINAL_STATES, Priority, State
 from jobs.queue import JobQueue
 from jobs.schedule import Schedule
 from jobs.settings import Settings
@@ -33,7 +36,7 @@ class Housekeeper:
         self._queue = queue
         self._s3 = s3
         self._sweep = Schedule(redis, store.keys.sweep)
-        self._outbox = Schedule(redis, store.keys.outbox)
+        self._live = Schedule(redis, store.keys.live)
         # A chore whose taker died is taken again after this long.
         self._lease_ms = int(max(settings.housekeeping_interval_s * 5, 1) * 1000)
 
@@ -72,22 +75,41 @@ class Housekeeper:
         return deleted
 
     async def reconcile(self) -> int:
-        """Enqueues live jobs the queue does not hold; returns how many were enqueued."""
-        enqueued = 0
+        """Checks the live jobs that are due (each one `ENQUEUE_GRACE_S` after it was created, then
+        every lease) and puts back in the queue those it has lost; returns how many."""
+        repaired = 0
         grace_ms = int(self.settings.enqueue_grace_s * 1000)
         keys = self._store.keys
-        while job_ids := await self._outbox.claim_due(now_ms() - grace_ms, _BATCH, self._lease_ms + grace_ms):
-            async with self._redis.pipeline(transaction=False) as pipe:
+        queue = self.settings.queue_name
+        while job_ids := await self._live.claim_due(now_ms() - grace_ms, _BATCH, self._lease_ms + grace_ms):
+            # A transaction: each record and its queue entry as of the same instant (a worker ends
+            # the record before it removes the entry, so a finishing job never looks lost).
+            async with self._redis.pipeline(transaction=True) as pipe:
                 for job_id in job_ids:
-                    pipe.hmget(keys.job(job_id), F.STATE, F.PRIORITY)
-                    pipe.exists(keys.queue_job(self.settings.queue_name, job_id))
+                    pipe.hmget(keys.job(job_id), F.STATE, F.PRIORITY, F.TOKEN)
+                    pipe.hmget(keys.queue_job(queue, job_id), "timestamp", "finishedOn")
                 replies = await pipe.execute()
-            for job_id, (state, priority), queued in zip(job_ids, replies[::2], replies[1::2]):
-                if state is not None and state not in TERMINAL_STATES and not queued:
-                    log.warning("job %s was written but never enqueued (its server stopped in between); enqueueing it", job_id)
-                    await self._queue.enqueue(job_id, Priority(priority or Priority.NORMAL))
-                    enqueued += 1
-            await self._outbox.done(job_ids)
+            over: list[str] = []
+            for job_id, (state, priority, token), (queued_ms, finished_ms) in zip(job_ids, replies[::2], replies[1::2]):
+                if state is None or state in TERMINAL_STATES:
+                    over.append(job_id)  # ended (or forgotten) since it was scheduled
+                elif queued_ms is None or finished_ms is not None:
+                    failed = finished_ms is not None
+                    repaired += await self._put_back(job_id, state, token or "", Priority(priority or Priority.NORMAL), failed)
+                # else the queue holds it: checked again when its lease ends
+            await self._live.done(over)
             if len(job_ids) < _BATCH:
                 break
-        return enqueued
+        return repaired
+
+    async def _put_back(self, job_id: str, state: str, token: str, priority: Priority, failed: bool) -> bool:
+        entry = "failed" if failed else "is missing"
+        if state == State.RUNNING:
+            message = "its worker could not record how the run ended; waiting for a worker to start it again"
+            if not await self._store.hand_back(job_id, token, message):
+                return False  # taken by another run, or over, since it was read
+        if failed:
+            await self._queue.remove(job_id)  # bullmq adds a job id only once
+        await self._queue.enqueue(job_id, priority)
+        log.warning("job %s was %s but its queue entry %s; put it back in the queue", job_id, state, entry)
+        return True

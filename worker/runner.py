@@ -16,6 +16,7 @@ from typing import Any
 
 from bullmq import Job as QueueJob
 from bullmq.custom_errors import DelayedError
+from redis.exceptions import ConnectionError, TimeoutError
 
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
 from jobs.errors import RunSuperseded
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 # How long a stopping worker waits for the queue after the grace period, to hand running jobs back.
 _HAND_BACK_S = 5.0
+
+# How long a run's final state change (a result, a failure, a hand-back) is retried while Redis is
+# unreachable before the runner gives up on it (and bullmq, then the reconciler, take over).
+_RECORD_PATIENCE_S = 60.0
 
 
 async def cancel_until_done(tasks: list[asyncio.Task[Any]], every_s: float = 1.0) -> None:
@@ -69,6 +74,7 @@ class WorkerRunner:
         self._cancelled: set[asyncio.Task[int | None]] = set()  # runs stopped by a user's cancel
         self._superseded: set[asyncio.Task[int | None]] = set()  # runs stopped by a later delivery
         self._handing_back = False
+        self._recording: set[asyncio.Task[None]] = set()  # state changes being written
         self._exit_stack = contextlib.AsyncExitStack()
         self._s3: Any = None
         self._worker: Any = None
@@ -94,7 +100,8 @@ class WorkerRunner:
         await self._relay.close()
         if self._worker is not None:
             await self._close_worker()
-        await cancel_until_done([task for task in (self._cancel_listener, self._housekeeping) if task is not None])
+        background = [task for task in (self._cancel_listener, self._housekeeping) if task is not None]
+        await cancel_until_done([*background, *self._recording])
         await self._queue.close()
         await self._exit_stack.aclose()
         await self._commands.aclose()
@@ -271,10 +278,30 @@ class WorkerRunner:
         if error is not None:
             fields[F.ERROR] = json.dumps({"message": message, **error})
         # A state change must land even if the worker is told to stop right now.
+        recording = asyncio.create_task(self._record_through_outage(job_id, token, fields))
+        self._recording.add(recording)
+        recording.add_done_callback(self._recording.discard)
         try:
-            await asyncio.shield(self._store.report(job_id, token, fields, event=EventType.STATE_CHANGED))
+            await asyncio.shield(recording)
         except RunSuperseded as superseded:
             log.info("state %s of %s not recorded: %s", fields[F.STATE], job_id, superseded)
+
+    async def _record_through_outage(self, job_id: str, token: str, fields: dict[str, Any]) -> None:
+        """Writes a state change, again and again while Redis is unreachable (restarting, failing
+        over): a run that ends without it would leave the job RUNNING until the reconciler noticed."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + _RECORD_PATIENCE_S
+        pause_s = 0.5
+        while True:
+            try:
+                await self._store.report(job_id, token, fields, event=EventType.STATE_CHANGED)
+                return
+            except (ConnectionError, TimeoutError) as error:
+                if loop.time() + pause_s > give_up_at:
+                    raise
+                log.warning("job %s: state %s not recorded (%s); trying again in %.1f s", job_id, fields[F.STATE], error, pause_s)
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, 5.0)
 
     async def _listen_for_cancels(self, pubsub: Any) -> None:
         while True:

@@ -1,9 +1,9 @@
--- Creates a job: record, first event, the tenant's index and active set, the outbox entry, the
+-- Creates a job: record, first event, the tenant's index and active set, the live-jobs entry, the
 -- relay's entry and the idempotency key, atomically, within the tenant's active-jobs quota.
--- A worker's relay pops the job from the fresh list and enqueues it (worker/relay.py). The outbox
--- entry stays until a reconciler has seen the job in the queue, so a relay that dies between its
--- pop and its enqueue cannot strand the job.
--- KEYS: job, events, tenant index, tenant active set, outbox, fresh[, tenant idempotency key]
+-- A worker's relay pops the job from the fresh list and enqueues it (worker/relay.py). The live-jobs
+-- entry stays until the job ends, so the reconciler can put back in the queue a job that a relay
+-- or a worker lost on its way (worker/housekeeping.py).
+-- KEYS: job, events, tenant index, tenant active set, live jobs, fresh[, tenant idempotency key]
 -- ARGV: job_id, fingerprint (with a request id), idempotency_ttl_s, history_len, index_member, trim_below, created_ms,
 --       the record's fields as one JSON object of strings (one argument, not two per field: each
 --       argument costs the caller an encoding step), max_active (0 = no limit), job key prefix

@@ -1,8 +1,8 @@
 -- Forgets a job (google.longrunning DeleteOperation): record, history, tombstone, the tenant's index,
--- active-set and idempotency entries, the outbox entry; its artifact is scheduled for deletion now.
+-- active-set and idempotency entries, the live-jobs entry; its artifact is scheduled for deletion now.
 -- A run still working on it finds the record gone at its next write and stops.
 -- The tenant's keys are named by the record (tenant_key), as in transition.lua.
--- KEYS: job, events, tombstone, outbox, sweep
+-- KEYS: job, events, tombstone, live jobs, sweep
 -- ARGV: job_id, now_ms, tenant ("" = any)
 -- Returns 1 if there was something to forget, 0 if not (or not the tenant's).
 local job = redis.call("HMGET", KEYS[1], "created_ms", "tenant", "tenant_key", "request_id", "artifact_key")

@@ -3,8 +3,9 @@
 -- another worker) cannot write: that is what makes the result exactly-once.
 -- A job that ends schedules the deletion of its artifact (whether or not one was written: a
 -- superseded run may still finish an upload) for when the job expires.
--- A job that ends also leaves its tenant's active set (the quota), named by the record's tenant_key.
--- KEYS: job, events, tombstone, sweep
+-- A job that ends also leaves its tenant's active set (the quota), named by the record's tenant_key,
+-- and the live jobs the reconciler checks.
+-- KEYS: job, events, tombstone, sweep, live jobs
 -- ARGV: now_ms, history_len, channel, event_type, expect_token ("" = any), claim_token ("" = none),
 --       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), field, value, ...
 -- Returns {"ok", seq, payload[, file_ids on a claim]} | {"missing"} | {"finished", state} | {"fenced"}
@@ -53,6 +54,7 @@ if new_state and terminal[new_state] then
   redis.call("SET", KEYS[3], owner[1], "EX", ARGV[8])
   redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, owner[3])
   redis.call("SREM", owner[2] .. ":active", ARGV[9])
+  redis.call("ZREM", KEYS[5], ARGV[9])
 end
 if claim_token ~= "" then
   -- The claiming worker needs the file ids next: saves it a round trip.

@@ -4,6 +4,7 @@ command gets its own reply, errors and lost connections behave as they do with r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import pytest
@@ -100,3 +101,30 @@ async def test_a_command_redis_never_answers_times_out_and_the_next_one_works(se
         assert await client.get(key) is None
     finally:
         await client.aclose()
+
+
+async def test_a_redis_still_loading_its_data_is_waited_for() -> None:
+    # A restarted Redis answers LOADING (the command did not run) until its data is read back.
+    # A stand-in server, since a real Redis loads a test-sized AOF in a millisecond.
+    loading_replies = 2
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal loading_replies
+        with contextlib.suppress(asyncio.IncompleteReadError):  # the client closed
+            while await reader.readuntil(b"$1\r\nk\r\n"):  # the end of GET k
+                if loading_replies:
+                    loading_replies -= 1
+                    writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+                else:
+                    writer.write(b"$4\r\nkept\r\n")
+                await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = MultiplexedRedis(f"redis://127.0.0.1:{port}/0")
+    try:
+        assert await client.get("k") == "kept"
+        assert loading_replies == 0
+    finally:
+        await client.aclose()
+        server.close()

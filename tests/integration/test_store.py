@@ -96,10 +96,10 @@ async def test_finished_records_and_histories_get_a_ttl(store) -> None:
 async def test_forget_removes_every_trace(store) -> None:
     fields, _ = await store.create(TENANT, [70000], request_id="r-1")
     slug = tenant_slug(TENANT)
-    assert await store.redis.zscore(store.keys.outbox, fields[F.ID]), "a new job waits in the outbox"
+    assert await store.redis.zscore(store.keys.live, fields[F.ID]), "a new job is live"
     assert await store.redis.sismember(store.keys.active(slug), fields[F.ID]), "and counts as active"
     await store.forget(fields[F.ID])
-    assert await store.redis.zcard(store.keys.outbox) == 0
+    assert await store.redis.zcard(store.keys.live) == 0
     assert await store.redis.scard(store.keys.active(slug)) == 0
     with pytest.raises(JobNotFound):
         await store.get(fields[F.ID], TENANT)
