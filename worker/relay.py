@@ -4,7 +4,7 @@
 script and never talks to bullmq. Each worker process runs a relay blocked on the list: whichever
 wakes first takes up to a batch of jobs and adds them to bullmq in one round trip (`addBulk`). A batch
 that fails to go in is retried while the process lives; if the process dies holding one, the
-reconciler enqueues those jobs from the outbox after ENQUEUE_GRACE_S (housekeeping.py).
+reconciler enqueues those jobs ENQUEUE_GRACE_S after they were created (housekeeping.py).
 """
 
 from __future__ import annotations

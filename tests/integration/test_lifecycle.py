@@ -277,7 +277,7 @@ async def artifacts(s3, bucket: str, job_ids: list[str]) -> list[str]:  # noqa: 
 
 async def test_a_job_stranded_before_its_enqueue_is_enqueued_by_housekeeping(make_stack) -> None:
     # A worker's relay took the job from the fresh list and died before enqueueing it: only the
-    # record and its outbox entry are left.
+    # record and its live-jobs entry are left.
     stack = await make_stack(workers=0, housekeeping_interval_s=0.2, enqueue_grace_s=0.5)
     async with redis_client(stack.settings) as redis:
         store = JobStore(redis, stack.settings)
