@@ -13,6 +13,8 @@
     {p}:fresh             list    "{id} {priority}" of created jobs, until a worker's relay enqueues them
     {p}:fresh:wake:{r}    list    one relay's own key: pushed to end its blocking pop when it stops
     {p}:sweep             zset    artifact object keys by the time they are to be deleted from S3
+    {p}:call:{c}          string  one forget call that forgot a job, kept two minutes so that the call
+                                  repeated after a lost reply answers the same (lua/forget.lua)
     {p}:events            channel every job event, "{id}\\n{json}", read by each server's watch hub
     {p}:cancel            channel job ids to cancel, read by every worker process
     {p}:q:{queue}:*       bullmq's own keys for the work queue
@@ -70,6 +72,9 @@ class Keys:
     @property
     def sweep(self) -> str:
         return f"{self.prefix}:sweep"
+
+    def call(self, call_id: str) -> str:
+        return f"{self.prefix}:call:{call_id}"
 
     @property
     def events_channel(self) -> str:

@@ -76,6 +76,7 @@ class F:
     ERROR = "error"  # JSON {"code", "message", "retryable"}
     SEQ = "seq"
     TOKEN = "token"  # the running attempt's fencing token; left out of events
+    CALL = "call"  # the last change's call id, so its repeat is answered, not applied (transition.lua); left out of events
     EVENT = "ev"  # only in events: the EventType
 
 

@@ -7,6 +7,7 @@ disagree, and each costs one round trip.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 import uuid
@@ -60,6 +61,9 @@ class JobStore:
         self._create = self._commands.register_script(lua_script("create"))
         self._transition = self._commands.register_script(lua_script("transition"))
         self._forget = self._commands.register_script(lua_script("forget"))
+        # Call ids: this store's own prefix and a counter (unique, and cheaper than a uuid per call).
+        self._caller = uuid.uuid4().hex[:12]
+        self._calls = itertools.count()
 
     # -- creating ------------------------------------------------------------------------------
 
@@ -122,7 +126,7 @@ class JobStore:
         """Removes every trace of one of `tenant`'s jobs (None: any job), whatever its state; its artifact
         is deleted soon after. Also undoes a create whose enqueue failed, so it leaves nothing behind."""
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.live, k.sweep]
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.live, k.sweep, k.call(self.new_call())]
         forgotten = await self._forget(keys=keys, args=[job_id, now_ms(), tenant or ""])
         self.on_write(job_id)
         if not forgotten:
@@ -140,6 +144,7 @@ class JobStore:
             if not with_file_ids:
                 record.pop(F.FILE_IDS, None)
             record.pop(F.TOKEN, None)
+            record.pop(F.CALL, None)
             return record
         owner = await self._commands.get(self.keys.tombstone(job_id))
         if owner is not None and (tenant is None or owner == tenant):
@@ -181,6 +186,7 @@ class JobStore:
             if record:
                 record.pop(F.FILE_IDS, None)
                 record.pop(F.TOKEN, None)
+                record.pop(F.CALL, None)
                 jobs.append(record)
             elif gone:
                 jobs.append(expired_stub(job_id))
@@ -213,13 +219,20 @@ class JobStore:
         return json.loads(outcome[2]) | {F.FILE_IDS: outcome[3]}
 
     async def report(
-        self, job_id: str, token: str, fields: Mapping[str, Any], event: EventType = EventType.PROGRESS
+        self,
+        job_id: str,
+        token: str,
+        fields: Mapping[str, Any],
+        event: EventType = EventType.PROGRESS,
+        call: str = "",
     ) -> int:
         """Records progress (or a final state) of the run holding `token`; returns the event's seq.
+        A caller that tries again after an error passes the same `call` (new_call()) each time, so
+        that a try whose reply was lost is not applied twice.
 
         Raises RunSuperseded when the run no longer owns the job, which tells it to stop.
         """
-        outcome = await self._apply(job_id, fields, event, expect_token=token)
+        outcome = await self._apply(job_id, fields, event, expect_token=token, call=call)
         if outcome[0] == "ok":
             return int(outcome[1])
         reason = {"missing": "the job is gone", "fenced": "another worker took it over"}.get(
@@ -266,6 +279,7 @@ class JobStore:
         expect_token: str = "",
         claim_token: str = "",
         expect_tenant: str = "",
+        call: str = "",
     ) -> list[Any]:
         s = self.settings
         args: list[Any] = [
@@ -279,6 +293,7 @@ class JobStore:
             s.job_ttl_s + s.expired_retention_s,
             job_id,
             expect_tenant,
+            call or self.new_call(),
         ]
         for name, value in fields.items():
             args += [name, value]
@@ -287,6 +302,11 @@ class JobStore:
         outcome = await self._transition(keys=keys, args=args)
         self.on_write(job_id)
         return outcome
+
+
+    def new_call(self) -> str:
+        """An id for one call of a script that changes a job, by which Redis knows a repeat of it."""
+        return f"{self._caller}:{next(self._calls)}"
 
 
 def finish_fields(state: State, settings: Settings, message: str) -> dict[str, Any]:

@@ -143,6 +143,7 @@ class RecordCache:
             del self._pending[key]
             if record:
                 record.pop(F.TOKEN, None)
+                record.pop(F.CALL, None)
                 if len(self._records) >= self._capacity:
                     self._records.popitem(last=False)  # the oldest read
                 self._records[key] = _Entry(record)

@@ -16,7 +16,8 @@ from typing import Any
 
 from bullmq import Job as QueueJob
 from bullmq.custom_errors import DelayedError
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
 from jobs.errors import RunSuperseded
@@ -292,11 +293,12 @@ class WorkerRunner:
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + _RECORD_PATIENCE_S
         pause_s = 0.5
+        call = self._store.new_call()  # every try is the same call: applied once
         while True:
             try:
-                await self._store.report(job_id, token, fields, event=EventType.STATE_CHANGED)
+                await self._store.report(job_id, token, fields, event=EventType.STATE_CHANGED, call=call)
                 return
-            except (ConnectionError, TimeoutError) as error:
+            except (RedisConnectionError, RedisTimeoutError) as error:
                 if loop.time() + pause_s > give_up_at:
                     raise
                 log.warning("job %s: state %s not recorded (%s); trying again in %.1f s", job_id, fields[F.STATE], error, pause_s)

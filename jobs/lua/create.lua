@@ -9,7 +9,12 @@
 --       argument costs the caller an encoding step), max_active (0 = no limit), job key prefix
 -- Returns {"created"} | {"exists", job_id} | {"conflict", job_id} | {"quota", active}
 local job_id, fingerprint = ARGV[1], ARGV[2]
-if #KEYS == 7 then
+-- The job id is new for each call, so a record under it is this very call's: a call sent again
+-- because its reply was lost (a client repeats a command when the connection drops, though it
+-- may have run) answers as it did the first time.
+if redis.call("EXISTS", KEYS[1]) == 1 then return {"created"} end
+local with_request_id = #KEYS == 7
+if with_request_id then
   local existing = redis.call("GET", KEYS[7])
   if existing then
     local sep = string.find(existing, " ", 1, true)
@@ -53,7 +58,7 @@ redis.call("ZREMRANGEBYLEX", KEYS[3], "-", "(" .. ARGV[6])
 redis.call("SADD", KEYS[4], job_id)
 redis.call("ZADD", KEYS[5], ARGV[7], job_id)
 redis.call("RPUSH", KEYS[6], job_id .. " " .. record.priority)
-if #KEYS == 7 then
+if with_request_id then
   redis.call("SET", KEYS[7], job_id .. " " .. fingerprint, "EX", ARGV[3])
 end
 return {"created"}

@@ -2,15 +2,18 @@
 -- active-set and idempotency entries, the live-jobs entry; its artifact is scheduled for deletion now.
 -- A run still working on it finds the record gone at its next write and stops.
 -- The tenant's keys are named by the record (tenant_key), as in transition.lua.
--- KEYS: job, events, tombstone, live jobs, sweep
+-- KEYS: job, events, tombstone, live jobs, sweep, call (kept 2 minutes once the call forgot something)
 -- ARGV: job_id, now_ms, tenant ("" = any)
--- Returns 1 if there was something to forget, 0 if not (or not the tenant's).
+-- Returns 1 if there was something to forget, 0 if not (or not the tenant's). A call sent again
+-- because its reply was lost (a client repeats a command when the connection drops) finds its call
+-- key and answers 1 again.
+if redis.call("EXISTS", KEYS[6]) == 1 then return 1 end
 local job = redis.call("HMGET", KEYS[1], "created_ms", "tenant", "tenant_key", "request_id", "artifact_key")
 local created, tenant, tenant_key, request_id, artifact = job[1], job[2], job[3], job[4], job[5]
 if not created then
   -- Only a tombstone may be left: forget it too, if it is the caller's.
   local owner = redis.call("GET", KEYS[3])
-  if owner and (ARGV[3] == "" or owner == ARGV[3]) then redis.call("DEL", KEYS[3]) return 1 end
+  if owner and (ARGV[3] == "" or owner == ARGV[3]) then redis.call("DEL", KEYS[3]) redis.call("SET", KEYS[6], 1, "EX", 120) return 1 end
   return 0
 end
 if ARGV[3] ~= "" and tenant ~= ARGV[3] then return 0 end
@@ -24,4 +27,5 @@ if request_id and request_id ~= "" then
   if idem and string.sub(idem, 1, #ARGV[1] + 1) == ARGV[1] .. " " then redis.call("DEL", idem_key) end
 end
 redis.call("ZADD", KEYS[5], ARGV[2], artifact)
+redis.call("SET", KEYS[6], 1, "EX", 120)
 return 1

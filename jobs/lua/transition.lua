@@ -7,23 +7,39 @@
 -- and the live jobs the reconciler checks.
 -- KEYS: job, events, tombstone, sweep, live jobs
 -- ARGV: now_ms, history_len, channel, event_type, expect_token ("" = any), claim_token ("" = none),
---       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), field, value, ...
+--       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), call, field, value, ...
 -- Returns {"ok", seq, payload[, file_ids on a claim]} | {"missing"} | {"finished", state} | {"fenced"}
 -- Another tenant's job is "missing": callers cannot tell it from one that does not exist.
 local terminal = {COMPLETED = true, FAILED = true, CANCELLED = true}
-local current = redis.call("HMGET", KEYS[1], "state", "tenant")
+local current = redis.call("HMGET", KEYS[1], "state", "tenant", "call", "seq")
 local state = current[1]
 if not state then return {"missing"} end
 if ARGV[10] ~= "" and current[2] ~= ARGV[10] then return {"missing"} end
+local expect_token, claim_token, call = ARGV[5], ARGV[6], ARGV[11]
+
+local function answer(seq, payload)
+  if claim_token ~= "" then
+    -- The claiming worker needs the file ids next: saves it a round trip.
+    return {"ok", seq, payload, redis.call("HGET", KEYS[1], "file_ids")}
+  end
+  return {"ok", seq, payload}
+end
+
+if current[3] == call then
+  -- This call ran already: a client sends a command again when the connection drops before the
+  -- reply, though it may have run. It answers as it did, from the event it wrote, and changes nothing.
+  local seq = tonumber(current[4])
+  local written = redis.call("XRANGE", KEYS[2], seq .. "-0", seq .. "-0")
+  return answer(seq, written[1] and written[1][2][2] or "")
+end
 if terminal[state] then return {"finished", state} end
-local expect_token, claim_token = ARGV[5], ARGV[6]
 if expect_token ~= "" and redis.call("HGET", KEYS[1], "token") ~= expect_token then
   return {"fenced"}
 end
 
-local fields = {"updated_ms", ARGV[1]}
+local fields = {"updated_ms", ARGV[1], "call", call}
 local new_state = nil
-for i = 11, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if ARGV[i] == "state" then new_state = ARGV[i + 1] end
@@ -40,9 +56,10 @@ redis.call("HSET", KEYS[1], unpack(fields))
 
 local all = redis.call("HGETALL", KEYS[1])
 local event = {ev = ARGV[4]}
+local private = {file_ids = true, token = true, call = true}
 for i = 1, #all, 2 do
   local k = all[i]
-  if k ~= "file_ids" and k ~= "token" then event[k] = all[i + 1] end
+  if not private[k] then event[k] = all[i + 1] end
 end
 local payload = cjson.encode(event)
 redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[2], seq .. "-0", "e", payload)
@@ -56,8 +73,4 @@ if new_state and terminal[new_state] then
   redis.call("SREM", owner[2] .. ":active", ARGV[9])
   redis.call("ZREM", KEYS[5], ARGV[9])
 end
-if claim_token ~= "" then
-  -- The claiming worker needs the file ids next: saves it a round trip.
-  return {"ok", seq, payload, redis.call("HGET", KEYS[1], "file_ids")}
-end
-return {"ok", seq, payload}
+return answer(seq, payload)
