@@ -1,4 +1,9 @@
-"""grpc.health.v1: SERVING only while Redis and S3 both answer, checked in the background."""
+"""grpc.health.v1: SERVING while Redis answers, checked in the background.
+
+Health is what load balancers act on, so it means "can serve calls". Every call needs Redis; none
+needs S3 (presigning is local, and the workers fetch and upload), so S3 trouble is reported in the
+checks (`/health`: "degraded") and met by the jobs' retries, and never takes the API out of rotation.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ class HealthMonitor:
     def __init__(self, settings: Settings, redis: Redis, s3: Any, services: list[str]) -> None:
         self.servicer = health.aio.HealthServicer()
         self.checks: dict[str, str] = {}
-        self.healthy = False
+        self.healthy = False  # can serve calls (Redis answers)
+        self.degraded = False  # serving, but a check failed (S3)
         self._settings = settings
         self._redis = redis
         self._s3 = s3
@@ -45,12 +51,13 @@ class HealthMonitor:
         self.checks = {
             name: "ok" if result is True else f"error: {result}" for name, result in zip(("redis", "storage"), results)
         }
-        healthy = self.healthy = all(result is True for result in results)
+        healthy = self.healthy = results[0] is True
+        self.degraded = healthy and results[1] is not True
         status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in self._services:
             await self.servicer.set(service, status)
-        if not healthy:
-            log.warning("unhealthy: %s", self.checks)
+        if not healthy or self.degraded:
+            log.warning("%s: %s", "degraded" if healthy else "unhealthy", self.checks)
         return healthy
 
     async def _check_redis(self) -> bool:

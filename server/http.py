@@ -1,6 +1,7 @@
 """The server's small plain-HTTP side, for what REST transcoding cannot express:
 
-    GET /health                      200 {"status": "healthy", "checks": {...}} or 503 "unhealthy"
+    GET /health                      200 {"status": "healthy", "checks": {...}}, 200 "degraded" (S3 is
+                                     down: calls are served, jobs wait), or 503 "unhealthy" (Redis)
     GET /v1/download/{job_id}/file   302 to a fresh presigned URL once COMPLETED, 409 with the state before
                                      (authenticated and rate limited like the gRPC API)
     GET / and its files              the browser page (clients/web, built by `make web` into dist/)
@@ -93,8 +94,9 @@ class HttpSide:
         return web.FileResponse(path, headers={"cache-control": "no-cache"})
 
     async def _health_check(self, request: web.Request) -> web.Response:
-        healthy = self._health.healthy
-        return _json(200 if healthy else 503, {"status": "healthy" if healthy else "unhealthy", "checks": self._health.checks})
+        health = self._health
+        status = "unhealthy" if not health.healthy else "degraded" if health.degraded else "healthy"
+        return _json(200 if health.healthy else 503, {"status": status, "checks": health.checks})
 
     async def _file(self, request: web.Request) -> web.Response:
         headers: Any = ()
