@@ -31,7 +31,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _KEY = re.compile(r"lh_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
-_TENANT = re.compile(r"[A-Za-z0-9._@-]{1,128}")
+# No ":", so a key's tenant can never be a JWT's (those are "jwt:<claim>", auth.py).
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 # How often the server looks at the file's modification time: the bound on how long a revoked
 # key keeps working.
 RELOAD_EVERY_S = 2.0
@@ -82,7 +83,7 @@ def parse(text: str, source: str = "the key file") -> dict[str, KeyEntry]:
 
 def entry_line(key_id: str, key: str, tenant: str, label: str = "") -> str:
     if not _TENANT.fullmatch(tenant):
-        raise ValueError(f"tenant {tenant!r}: use 1 to 128 letters, digits and . _ @ -")
+        raise ValueError(f"tenant {tenant!r}: use 1 to 128 letters, digits and . _ @ -, starting with a letter or digit")
     return f"{key_id} sha256:{digest(key)} {tenant}" + (f" {label}" if label else "")
 
 

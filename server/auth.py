@@ -19,6 +19,11 @@ from jobs.tenants import valid_tenant
 from server.apikeys import KeyFile, key_id_of
 
 _ASYMMETRIC = ("RS256", "ES256")
+# Tenants named by JWTs live apart from those of API keys (which cannot contain ":"): a token whose
+# `sub` is "dev" must not read the jobs of the API-key tenant "dev".
+JWT_TENANT_PREFIX = "jwt:"
+# RFC 7519's NumericDate claims: numbers. PyJWT also takes numeric strings, which we refuse.
+_DATE_CLAIMS = ("exp", "nbf", "iat")
 # Verified JWTs are remembered briefly (a signature check costs more than the call it guards).
 _CACHE_LIMIT = 10_000
 _CACHE_S = 30.0
@@ -79,8 +84,12 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             return cached[0]
         claims = self._verify(token)
-        tenant = claims.get(self._settings.jwt_tenant_claim)
-        if not isinstance(tenant, str) or not valid_tenant(tenant):
+        for name in _DATE_CLAIMS:
+            if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], (int, float))):
+                raise Unauthenticated(f"the JWT's '{name}' claim must be a number of seconds since 1970 (RFC 7519)")
+        subject = claims.get(self._settings.jwt_tenant_claim)
+        tenant = JWT_TENANT_PREFIX + subject if isinstance(subject, str) and subject else ""
+        if not valid_tenant(tenant):
             raise Unauthenticated(f"the JWT's '{self._settings.jwt_tenant_claim}' claim must name the tenant")
         if len(self._verified) >= _CACHE_LIMIT:
             self._verified.clear()

@@ -185,6 +185,15 @@ async def test_jwts_signed_each_supported_way_name_the_tenant(jwt_stack, signing
     assert list(listed.jobs) == []
 
 
+async def test_a_jwt_whose_subject_names_an_api_key_tenant_sees_none_of_its_jobs(jwt_stack) -> None:  # noqa: ANN001
+    by_key = await initiate(jwt_stack.stub, SMALL_IDS[:1])  # the stack's API key, tenant TENANT
+    same_name = credentials.bearer(token_for(HS_SECRET, "HS256", sub=credentials.TENANT))
+    listed = await jwt_stack.stub.ListDownloads(pb.ListDownloadsRequest(), metadata=same_name)
+    assert list(listed.jobs) == []
+    error = await refused(jwt_stack.stub.GetStatus(pb.GetStatusRequest(job_id=by_key.job_id), metadata=same_name))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
 @pytest.mark.parametrize(
     ("make", "phrase"),
     [
@@ -192,6 +201,7 @@ async def test_jwts_signed_each_supported_way_name_the_tenant(jwt_stack, signing
         (lambda k: token_for(HS_SECRET, "HS256", aud="another-service"), f"audience is not '{AUDIENCE}'"),
         (lambda k: token_for(HS_SECRET, "HS256", iss="https://evil.test"), f"issuer is not '{ISSUER}'"),
         (lambda k: token_for(HS_SECRET, "HS256", exp=None), "has no 'exp' claim"),
+        (lambda k: token_for(HS_SECRET, "HS256", exp=str(int(time.time()) + 300)), "'exp' claim must be a number"),
         (lambda k: token_for(HS_SECRET, "HS256", sub=None), "'sub' claim must name the tenant"),
         (lambda k: token_for("another-secret-that-is-32-characters!!", "HS256"), "signature does not verify"),
         (lambda k: token_for(rsa.generate_private_key(65537, 2048), "RS256", "rsa-1"), "signature does not verify"),
@@ -202,7 +212,7 @@ async def test_jwts_signed_each_supported_way_name_the_tenant(jwt_stack, signing
         # Algorithm confusion: the RSA public key used as an HMAC secret.
         (lambda k: _hmac_with_public_key(k["rsa"]), "signature does not verify"),
     ],
-    ids=["expired", "audience", "issuer", "no-exp", "no-sub", "hs-wrong-secret", "rs-wrong-key", "unknown-kid",
+    ids=["expired", "audience", "issuer", "no-exp", "exp-string", "no-sub", "hs-wrong-secret", "rs-wrong-key", "unknown-kid",
          "other-alg", "alg-none", "alg-confusion"],
 )
 async def test_bad_jwts_are_refused_with_the_reason(jwt_stack, signing_keys, make, phrase: str) -> None:  # noqa: ANN001
