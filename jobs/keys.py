@@ -15,6 +15,8 @@
     {p}:sweep             zset    artifact object keys by the time they are to be deleted from S3
     {p}:call:{c}          string  one forget call that forgot a job, kept two minutes so that the call
                                   repeated after a lost reply answers the same (lua/forget.lua)
+    {p}:chore:{name}      string  a lease: the one worker process doing that chore this interval
+    {p}:orphans:after     string  where the scan for artifacts no job owns goes on (an object key)
     {p}:events            channel every job event, "{id}\\n{json}", read by each server's watch hub
     {p}:cancel            channel job ids to cancel, read by every worker process
     {p}:q:{queue}:*       bullmq's own keys for the work queue
@@ -75,6 +77,13 @@ class Keys:
 
     def call(self, call_id: str) -> str:
         return f"{self.prefix}:call:{call_id}"
+
+    def chore(self, name: str) -> str:
+        return f"{self.prefix}:chore:{name}"
+
+    @property
+    def orphan_scan(self) -> str:
+        return f"{self.prefix}:orphans:after"
 
     @property
     def events_channel(self) -> str:

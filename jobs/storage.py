@@ -29,11 +29,17 @@ def artifact_name(job_id: str) -> str:
     return f"longhaul-{job_id}.zip"
 
 
-def artifact_key(tenant_slug: str, job_id: str) -> str:
+def artifacts_root(deployment: str) -> str:
+    """Where one deployment's artifacts live (`deployment` is its REDIS_PREFIX): several deployments
+    can share a bucket, and the cleanup of each (worker/leftovers.py) never touches another's."""
+    return f"{deployment}/tenants/"
+
+
+def artifact_key(deployment: str, tenant_slug: str, job_id: str) -> str:
     """Fixed when the job is created, so a job that runs twice writes the same object. Under the
     tenant's own prefix (for per-tenant lifecycle rules and audits); unguessable through the job id
     (a random UUID), though the bucket serves nothing without a signature anyway."""
-    return f"tenants/{tenant_slug}/{job_id}/{artifact_name(job_id)}"
+    return f"{artifacts_root(deployment)}{tenant_slug}/{job_id}/{artifact_name(job_id)}"
 
 
 def is_missing(error: ClientError) -> bool:

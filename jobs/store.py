@@ -94,7 +94,7 @@ class JobStore:
             F.REQUEST_ID: request_id,
             F.TENANT: tenant,
             F.TENANT_KEY: self.keys.tenant(slug),
-            F.ARTIFACT_KEY: artifact_key(slug, job_id),
+            F.ARTIFACT_KEY: artifact_key(self.settings.redis_prefix, slug, job_id),
             F.SEQ: "1",
         }
         k = self.keys

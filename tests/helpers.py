@@ -10,8 +10,13 @@ import urllib.request
 import zipfile
 
 from devstack.seed import seed_content
+from jobs.connections import s3_client_kwargs, s3_session
+from jobs.settings import Settings
+from jobs.storage import artifact_key
+from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
+from tests.credentials import TENANT
 
 TERMINAL = {pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED, pb.JOB_STATE_EXPIRED}
 
@@ -67,3 +72,18 @@ def check_archive(job: pb.Job, expected_ids: list[int]) -> zipfile.ZipFile:
     for file_id in expected_ids:
         assert archive.read(f"{file_id}.zip") == seed_content(file_id)
     return archive
+
+
+async def open_uploads(settings: Settings, job_id: str, tenant: str = TENANT) -> list[str]:
+    """The ids of the job's multipart uploads still open in S3."""
+    key = artifact_key(settings.redis_prefix, tenant_slug(tenant), job_id)
+    async with s3_session().client("s3", **s3_client_kwargs(settings)) as s3:
+        reply = await s3.list_multipart_uploads(Bucket=settings.artifact_bucket, Prefix=key)
+    return [upload["UploadId"] for upload in reply.get("Uploads", [])]
+
+
+async def until_no_open_uploads(settings: Settings, job_id: str, timeout_s: float = 5, tenant: str = TENANT) -> None:
+    deadline = time.monotonic() + timeout_s
+    while left := await open_uploads(settings, job_id, tenant):
+        assert time.monotonic() < deadline, f"multipart uploads left open: {left}"
+        await asyncio.sleep(0.05)

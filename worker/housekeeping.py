@@ -6,6 +6,8 @@ reconcile: put back in the queue every job not yet finished that the queue has l
            enqueued (its relay died on the way), or whose queue entry failed or vanished while the
            record still says QUEUED or RUNNING (Redis was unreachable when a worker had to
            record the outcome, or restarted from an older state)
+leftovers: abort multipart uploads no run will finish, delete artifacts no job owns (leftovers.py);
+           one worker process a round does it, since it lists the bucket
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from jobs.queue import JobQueue
 from jobs.schedule import Schedule
 from jobs.settings import Settings
 from jobs.store import JobStore, now_ms
+from worker.leftovers import LeftoverSweeper
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class Housekeeper:
         self._s3 = s3
         self._sweep = Schedule(redis, store.keys.sweep)
         self._live = Schedule(redis, store.keys.live)
+        self.leftovers = LeftoverSweeper(settings, redis, store.keys, s3)
         # A chore whose taker died is taken again after this long.
         self._lease_ms = int(max(settings.housekeeping_interval_s * 5, 1) * 1000)
 
@@ -48,11 +52,19 @@ class Housekeeper:
             try:
                 await self.sweep()
                 await self.reconcile()
+                if await self._ours("leftovers"):
+                    await self.leftovers.abort_stale_uploads()
+                    await self.leftovers.delete_orphans()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # Redis or S3 is away: the chores are still scheduled, the next round does them.
                 log.warning("housekeeping round failed; trying again next round", exc_info=True)
+
+    async def _ours(self, chore: str) -> bool:
+        """Whether this process does `chore` this round: the first to ask in an interval does."""
+        lease_ms = max(int(self.settings.housekeeping_interval_s * 1000), 1)
+        return bool(await self._redis.set(self._store.keys.chore(chore), "1", nx=True, px=lease_ms))
 
     async def sweep(self) -> int:
         """Deletes due artifacts; returns how many were deleted."""

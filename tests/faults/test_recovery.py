@@ -15,9 +15,20 @@ from devstack.seed import seed_sources
 from devstack.services import python_process, start_seaweedfs
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
 from jobs.keys import Keys
+from jobs.storage import artifact_key
+from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import SMALL_IDS
-from tests.helpers import check_archive, initiate, wait_done, wait_running_on, watch_all
+from tests.credentials import TENANT
+from tests.helpers import (
+    check_archive,
+    initiate,
+    open_uploads,
+    until_no_open_uploads,
+    wait_done,
+    wait_running_on,
+    watch_all,
+)
 
 # Short locks so a dead worker's job moves on in about 3 s instead of about 15 s.
 FAST_RECOVERY = {"lock_ms": 2_000, "stalled_check_ms": 1_000, "shutdown_grace_s": 0.5}
@@ -106,6 +117,7 @@ async def test_a_presumed_dead_worker_that_wakes_up_changes_nothing(make_stack, 
         await wait_running_on(stack, job.job_id, not_on="sleeper")
         done = await wait_done(stack.stub, job.job_id)
         assert done.state == pb.JOB_STATE_COMPLETED and done.worker == "second"
+        assert len(await open_uploads(stack.settings, job.job_id)) == 1, "the sleeper's upload, open"
 
         first.signal(signal.SIGCONT)
         deadline = time.monotonic() + 10
@@ -120,10 +132,7 @@ async def test_a_presumed_dead_worker_that_wakes_up_changes_nothing(make_stack, 
         completions = [m for m in history if m.type == pb.EVENT_TYPE_STATE_CHANGED and m.job.state == pb.JOB_STATE_COMPLETED]
         assert len(completions) == 1
         check_archive(after, SMALL_IDS[:4])
-        s = stack.settings
-        async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
-            uploads = await s3.list_multipart_uploads(Bucket=s.artifact_bucket, Prefix=f"jobs/{job.job_id}/")
-        assert uploads.get("Uploads", []) == [], "the woken run aborted its partial upload"
+        await until_no_open_uploads(stack.settings, job.job_id)  # the woken run aborts its partial upload
     finally:
         first.signal(signal.SIGCONT)
         first.stop()
@@ -204,6 +213,7 @@ async def test_a_job_redelivered_to_the_worker_still_running_it_runs_once_and_ke
     job = await initiate(stack.stub, SMALL_IDS[:3])
     await wait_running_on(stack, job.job_id)
     s = stack.settings
+    assert await open_uploads(s, job.job_id), "the first run is uploading"
     lock = f"{Keys(s.redis_prefix).queue_job(s.queue_name, job.job_id)}:lock"
     redis = redis_client(s)
     try:
@@ -220,6 +230,38 @@ async def test_a_job_redelivered_to_the_worker_still_running_it_runs_once_and_ke
     assert "delivered again while this worker still runs it" in caplog.text
     assert stack.workers[0]._running == {}  # noqa: SLF001 - nothing is left running
     check_archive(done, SMALL_IDS[:3])
+    assert await open_uploads(s, job.job_id) == [], "the stopped run aborted its partial upload"
+
+
+async def test_uploads_left_open_by_sigkilled_workers_are_aborted_by_housekeeping(make_stack, work_dir) -> None:
+    # An attempt may run 4 s here: an upload older than that (and a round) has no run left to finish it.
+    stack = await make_stack(
+        workers=0, delay_min_ms=2_000, delay_max_ms=2_000, attempt_timeout_s=4, housekeeping_interval_s=0.5,
+        **FAST_RECOVERY,
+    )
+    s = stack.settings
+    jobs = [await initiate(stack.stub, SMALL_IDS[:3]) for _ in range(2)]
+    victims = [start_worker(stack, work_dir, f"victim-{n}") for n in range(2)]
     async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
-        uploads = await s3.list_multipart_uploads(Bucket=s.artifact_bucket, Prefix=f"jobs/{job.job_id}/")
-    assert uploads.get("Uploads", []) == [], "the stopped run aborted its partial upload"
+
+        async def open_uploads() -> set[str]:
+            reply = await s3.list_multipart_uploads(Bucket=s.artifact_bucket, Prefix=f"{s.redis_prefix}/")
+            return {upload["Key"] for upload in reply.get("Uploads", [])}
+
+        expected = {artifact_key(s.redis_prefix, tenant_slug(TENANT), job.job_id) for job in jobs}
+        deadline = time.monotonic() + 20
+        while await open_uploads() != expected:
+            assert time.monotonic() < deadline, "the jobs never started uploading"
+            await asyncio.sleep(0.05)
+        for victim in victims:
+            victim.kill()
+        survivor = start_worker(stack, work_dir, "survivor")
+        try:
+            for job in jobs:
+                check_archive(await wait_done(stack.stub, job.job_id), SMALL_IDS[:3])
+            deadline = time.monotonic() + 20
+            while left := await open_uploads():
+                assert time.monotonic() < deadline, f"uploads left open: {left}"
+                await asyncio.sleep(0.2)
+        finally:
+            survivor.stop()

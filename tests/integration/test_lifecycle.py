@@ -12,13 +12,13 @@ import pytest
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
 from jobs.keys import Keys
 from jobs.model import F
-from jobs.storage import artifact_key
+from jobs.storage import artifact_key, artifacts_root
 from jobs.store import JobStore
 from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import MISSING_IDS, SMALL_IDS
 from tests.credentials import TENANT
-from tests.helpers import check_archive, initiate, wait_done, watch_all
+from tests.helpers import check_archive, initiate, open_uploads, wait_done, watch_all
 
 # Long enough that the job is certainly still running when the test acts on it.
 SLOW = {"delay_min_ms": 4_000, "delay_max_ms": 4_000}
@@ -94,6 +94,7 @@ async def test_cancel_a_running_job_stops_it_and_aborts_its_upload(make_stack) -
     job = await initiate(stack.stub, SMALL_IDS[:3])
     # After the first file is packaged, the multipart upload certainly exists.
     await first_event(stack.stub, job.job_id, lambda m: m.job.files_done >= 1)
+    assert await open_uploads(stack.settings, job.job_id), "the run is uploading"
 
     started = time.monotonic()
     cancelled = (await stack.stub.CancelDownload(pb.CancelDownloadRequest(job_id=job.job_id))).job
@@ -103,10 +104,7 @@ async def test_cancel_a_running_job_stops_it_and_aborts_its_upload(make_stack) -
         assert time.monotonic() - started < 1.5, "the running job did not stop within about a second"
         await asyncio.sleep(0.02)
 
-    s = stack.settings
-    async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
-        uploads = await s3.list_multipart_uploads(Bucket=s.artifact_bucket, Prefix=f"jobs/{job.job_id}/")
-    assert uploads.get("Uploads", []) == [], "the partial multipart upload was aborted"
+    assert await open_uploads(stack.settings, job.job_id) == [], "the partial multipart upload was aborted"
     messages = await watch_all(stack.stub, job.job_id)
     assert messages[-1].job.state == pb.JOB_STATE_CANCELLED
 
@@ -248,8 +246,8 @@ async def test_finished_jobs_expire_and_their_artifacts_are_deleted(make_stack) 
     )
     s = stack.settings
     async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
-        await s3.put_object(Bucket=s.artifact_bucket, Key=artifact_key(tenant_slug(TENANT), orphan.job_id), Body=b"late upload")
-        await s3.head_object(Bucket=s.artifact_bucket, Key=artifact_key(tenant_slug(TENANT), job.job_id))
+        await s3.put_object(Bucket=s.artifact_bucket, Key=artifact_key(s.redis_prefix, tenant_slug(TENANT), orphan.job_id), Body=b"late upload")
+        await s3.head_object(Bucket=s.artifact_bucket, Key=artifact_key(s.redis_prefix, tenant_slug(TENANT), job.job_id))
         await asyncio.sleep(1.3)
         status = (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job
         assert status.state == pb.JOB_STATE_EXPIRED
@@ -260,19 +258,21 @@ async def test_finished_jobs_expire_and_their_artifacts_are_deleted(make_stack) 
             (job.job_id, pb.JOB_STATE_EXPIRED), (orphan.job_id, pb.JOB_STATE_EXPIRED)
         }
         deadline = time.monotonic() + 10
-        left = await artifacts(s3, s.artifact_bucket, [job.job_id, orphan.job_id])
+        left = await artifacts(s3, s, [job.job_id, orphan.job_id])
         while left and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-            left = await artifacts(s3, s.artifact_bucket, [job.job_id, orphan.job_id])
+            left = await artifacts(s3, s, [job.job_id, orphan.job_id])
         assert not left, f"expired artifacts still in S3: {left}"
     async with redis_client(s) as redis:
         assert await redis.zcard(Keys(s.redis_prefix).sweep) == 0, "nothing left scheduled"
 
 
-async def artifacts(s3, bucket: str, job_ids: list[str]) -> list[str]:  # noqa: ANN001
-    reply = await s3.list_objects_v2(Bucket=bucket, Prefix=f"tenants/{tenant_slug(TENANT)}/")
+async def artifacts(s3, settings, job_ids: list[str]) -> list[str]:  # noqa: ANN001
+    """The artifacts of these jobs still in the bucket."""
+    root = artifacts_root(settings.redis_prefix)
+    reply = await s3.list_objects_v2(Bucket=settings.artifact_bucket, Prefix=root)
     keys = {o["Key"] for o in reply.get("Contents", [])}
-    return [key for j in job_ids if (key := artifact_key(tenant_slug(TENANT), j)) in keys]
+    return [key for j in job_ids if (key := artifact_key(settings.redis_prefix, tenant_slug(TENANT), j)) in keys]
 
 
 async def test_a_job_stranded_before_its_enqueue_is_enqueued_by_housekeeping(make_stack) -> None:

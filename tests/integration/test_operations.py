@@ -112,7 +112,7 @@ async def test_delete_operation_forgets_the_job_and_its_artifact(stack, ops) -> 
     assert again.job_id != job.job_id, "the idempotency key went with the job"
     async with redis_client(stack.settings) as redis:
         sweep = Keys(stack.settings.redis_prefix).sweep
-        assert await redis.zscore(sweep, artifact_key(tenant_slug(TENANT), job.job_id)) <= now_ms(), "its artifact goes at once"
+        assert await redis.zscore(sweep, artifact_key(stack.settings.redis_prefix, tenant_slug(TENANT), job.job_id)) <= now_ms(), "its artifact goes at once"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ from jobs.errors import RunSuperseded
 from jobs.model import F, Priority, State
 from jobs.queue import JobQueue
 from jobs.store import JobStore
-from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import SMALL_IDS
 from tests.credentials import TENANT
 from tests.helpers import check_archive, wait_done

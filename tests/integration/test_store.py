@@ -89,7 +89,7 @@ async def test_finished_records_and_histories_get_a_ttl(store) -> None:
     assert 0 < await redis.ttl(store.keys.events(job_id)) <= ttl
     assert await redis.ttl(store.keys.tombstone(job_id)) > ttl
     # ...and its artifact (if any) is scheduled for deletion when the record expires.
-    deleted_at = await redis.zscore(store.keys.sweep, artifact_key(tenant_slug(TENANT), job_id))
+    deleted_at = await redis.zscore(store.keys.sweep, artifact_key(store.settings.redis_prefix, tenant_slug(TENANT), job_id))
     assert abs(deleted_at - (now_ms() + ttl * 1000)) < 5_000
 
 
