@@ -31,6 +31,20 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+class ClientMistakes(logging.Filter):
+    """gRPC logs metadata that is not UTF-8 (a client's header with a stray byte) as an ERROR with a
+    traceback, then serves the call with the value as it is: a client's mistake, not a server error.
+    Such a record becomes one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR and message.startswith("Invalid encoding on "):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "a client sent metadata that is not UTF-8: %s (served as it is)", (message[20:],)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def setup_logging(process: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(RedactingFormatter(f"%(asctime)s {process}[%(process)d] %(levelname)s %(name)s: %(message)s"))
@@ -38,3 +52,4 @@ def setup_logging(process: str) -> None:
     # botocore logs every retry and credential lookup at INFO.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("aiobotocore").setLevel(logging.WARNING)
+    logging.getLogger("grpc._cython.cygrpc").addFilter(ClientMistakes())

@@ -21,6 +21,7 @@ from server.convert import Presigner
 from server.access import Gatekeeper
 from server.auth import Authenticator
 from server.decoding import TolerantDecoding
+from server.one_request import OneRequest
 from server.health import HealthMonitor
 from server.http import HttpSide
 from server.ratelimit import RateLimiter
@@ -40,6 +41,10 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.max_receive_message_length", 1024 * 1024),
+    # Above what Envoy lets through (32 KB of headers): gRPC's default limits (8 KB, refused at random
+    # up to 16 KB) turned long REST requests into 429s naming x-envoy-original-path.
+    ("grpc.max_metadata_size", 40 * 1024),
+    ("grpc.absolute_max_metadata_size", 48 * 1024),
     # Calls that arrived but that the handler loop has not picked up yet. gRPC's defaults (1,000,
     # hard limit 3,000) cancel calls beyond that: seen as CANCELLED when thousands of watchers
     # (re)connect at once, e.g. after a server restart. Such calls are cheap to hold.
@@ -100,7 +105,7 @@ class LonghaulServer:
         guarded = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection
         server = grpc.aio.server(
             options=SERVER_OPTIONS,
-            interceptors=[TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)],
+            interceptors=[OneRequest(guarded), TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)],
         )
         pb_grpc.add_DownloadServiceServicer_to_server(
             DownloadServicer(s, store, records, self._hub, presigner, s3), server

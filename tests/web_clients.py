@@ -57,11 +57,15 @@ def _base64_quanta(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def grpc_web(
-    port: int, method: str, request: Message, text: bool = False, timeout_s: float = 20, token: str | None = TOKEN
+    port: int, method: str, request: Message | bytes, text: bool = False, timeout_s: float = 20, token: str | None = TOKEN
 ) -> WebReply:
+    """One call; `request` is a message, or the raw body (frames and all) to send as it is."""
     kind = "application/grpc-web-text" if text else "application/grpc-web+proto"
-    payload = request.SerializeToString()
-    body = b"\x00" + len(payload).to_bytes(4, "big") + payload
+    if isinstance(request, bytes):
+        body = request
+    else:
+        payload = request.SerializeToString()
+        body = b"\x00" + len(payload).to_bytes(4, "big") + payload
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
         connection.request(

@@ -4,6 +4,7 @@ server error, and a refused request leaves no job behind."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.parse
 
@@ -16,8 +17,8 @@ from hypothesis import strategies as st
 from jobs.keys import Keys
 from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
-from tests.credentials import TENANT, sync_channel
-from tests.web_clients import rest
+from tests.credentials import TENANT, TOKEN, sync_channel
+from tests.web_clients import grpc_web, rest
 
 CLIENT_ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
@@ -121,3 +122,61 @@ def test_a_huge_rest_body_is_refused_without_harm(gateway, jobs_index) -> None: 
     status, _, reply = rest(gateway.port, "POST", "/v1/download/initiate", body)
     assert 400 <= status < 500, (status, str(reply)[:300])
     assert jobs_index() == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\x00\x00\x00", b"\x00\x00\x00\x00\x40" + b"short"],
+    ids=["empty", "cut-in-the-prefix", "length-past-the-end"],
+)
+def test_a_grpc_web_call_without_a_whole_message_is_refused_at_once(gateway, body: bytes) -> None:  # noqa: ANN001
+    # Before: no answer until Envoy's 10 s route timeout, then 504 / UNAVAILABLE.
+    reply = grpc_web(gateway.port, "GetStatus", body)
+    assert reply.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0], reply
+
+
+@pytest.mark.parametrize("length", [10_000, 20_000])
+def test_a_url_longer_than_any_of_ours_gets_414(gateway, length: int) -> None:  # noqa: ANN001
+    status, _, reply = rest(gateway.port, "GET", "/v1/download/status/" + "a" * length)
+    assert status == 414 and "longer than 4096 bytes" in reply["message"], reply
+
+
+def test_long_requests_envoy_lets_through_get_the_servers_answer_every_time(gateway) -> None:  # noqa: ANN001
+    # A 4 KB URL and 6 KB of other headers: over gRPC's default metadata limit (8 KB, refused at random).
+    padding = {"x-padding": "p" * 6_000}
+    statuses = {rest(gateway.port, "GET", "/v1/download/status/" + "a" * 4_000, headers=padding)[0] for _ in range(20)}
+    assert statuses == {400}, "the job id is refused as invalid, never the request as too large"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml", None])
+def test_a_rest_body_that_is_not_json_gets_415_and_creates_nothing(gateway, jobs_index, content_type) -> None:  # noqa: ANN001
+    before = jobs_index()
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    headers = {"authorization": f"Bearer {TOKEN}"} | ({"content-type": content_type} if content_type else {})
+    connection.request("POST", "/v1/download/initiate", json.dumps({"file_ids": [70000]}), headers)
+    response = connection.getresponse()
+    reply = json.loads(response.read())
+    connection.close()
+    assert response.status == 415 and "content-type: application/json" in reply["message"], reply
+    assert jobs_index() == before
+
+
+def test_json_with_a_charset_is_json(gateway) -> None:  # noqa: ANN001
+    status, _, reply = rest(
+        gateway.port, "POST", "/v1/download/check", {"file_id": 70000}, {"content-type": "application/json; charset=utf-8"}
+    )
+    assert status == 200, reply
+
+
+def test_a_header_that_is_not_utf8_is_served_and_logged_as_the_clients_mistake(gateway) -> None:  # noqa: ANN001
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    connection.putrequest("GET", "/v1/download/jobs")
+    connection.putheader("authorization", f"Bearer {TOKEN}")
+    connection.putheader("x-odd", b"\xff\xfe")
+    connection.endheaders()
+    status = connection.getresponse().status
+    connection.close()
+    assert status == 200
+    log = gateway.server.tail(400)
+    assert "a client sent metadata that is not UTF-8" in log
+    assert "ERROR" not in log and "Traceback" not in log, log
