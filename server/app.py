@@ -21,7 +21,6 @@ from server.convert import Presigner
 from server.access import Gatekeeper
 from server.auth import Authenticator
 from server.decoding import TolerantDecoding
-from server.one_request import OneRequest
 from server.health import HealthMonitor
 from server.http import HttpSide
 from server.ratelimit import RateLimiter
@@ -105,7 +104,7 @@ class LonghaulServer:
         guarded = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection
         server = grpc.aio.server(
             options=SERVER_OPTIONS,
-            interceptors=[OneRequest(guarded), TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)],
+            interceptors=[TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)],
         )
         pb_grpc.add_DownloadServiceServicer_to_server(
             DownloadServicer(s, store, records, self._hub, presigner, s3), server

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from jobs.connections import redis_client
 from longhaul.download.v1 import download_pb2 as pb
-from tests import credentials
 from tests.conftest import SMALL_IDS
 
 
@@ -114,28 +111,3 @@ async def test_rejected_requests_leave_no_keys_in_redis(stack, settings) -> None
     finally:
         await redis.aclose()
     assert [k for k in keys if ":q:" not in k] == []
-
-
-@pytest.mark.parametrize("method", ["DownloadService/GetStatus", "DownloadService/WatchProgress"])
-async def test_a_call_that_ends_without_its_request_is_refused_at_once(stack, method: str) -> None:
-    # A client that half-closes without a message: gRPC Python alone never answers it.
-    call = stack.channel.stream_stream(f"/longhaul.download.v1.{method}")
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        async for _ in call(iter(()), metadata=credentials.bearer(credentials.TOKEN), timeout=30):
-            pass
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "carried no request message" in error.value.details()
-
-
-async def test_a_call_whose_request_never_comes_is_refused_after_the_wait(stack, monkeypatch) -> None:
-    monkeypatch.setattr("server.one_request.REQUEST_WAIT_S", 0.3)
-
-    async def nothing_yet():  # noqa: ANN202 - headers sent, the message never
-        await asyncio.Event().wait()
-        yield b""
-
-    call = stack.channel.stream_unary("/longhaul.download.v1.DownloadService/GetStatus")
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await call(nothing_yet(), metadata=credentials.bearer(credentials.TOKEN), timeout=30)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "sent no request message within 0.3 s" in error.value.details()
