@@ -303,7 +303,6 @@ class JobStore:
         self.on_write(job_id)
         return outcome
 
-
     def new_call(self) -> str:
         """An id for one call of a script that changes a job, by which Redis knows a repeat of it."""
         return f"{self._caller}:{next(self._calls)}"

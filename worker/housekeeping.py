@@ -40,7 +40,7 @@ class Housekeeper:
         self._s3 = s3
         self._sweep = Schedule(redis, store.keys.sweep)
         self._live = Schedule(redis, store.keys.live)
-        self.leftovers = LeftoverSweeper(settings, redis, store.keys, s3)
+        self._leftovers = LeftoverSweeper(settings, redis, store.keys, s3)
         # A chore whose taker died is taken again after this long.
         self._lease_ms = int(max(settings.housekeeping_interval_s * 5, 1) * 1000)
 
@@ -53,8 +53,8 @@ class Housekeeper:
                 await self.sweep()
                 await self.reconcile()
                 if await self._ours("leftovers"):
-                    await self.leftovers.abort_stale_uploads()
-                    await self.leftovers.delete_orphans()
+                    await self._leftovers.abort_stale_uploads()
+                    await self._leftovers.delete_orphans()
             except asyncio.CancelledError:
                 raise
             except Exception:

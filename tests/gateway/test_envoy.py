@@ -190,7 +190,10 @@ def test_heartbeats_keep_a_stream_alive_past_a_short_idle_timeout(base_settings,
     try:
         # The idle timeout is really 1 s: a request whose body never comes is cut.
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as raw:
-            raw.sendall(b"POST /v1/download/check HTTP/1.1\r\nhost: x\r\ncontent-length: 50\r\n\r\n{")
+            raw.sendall(
+                b"POST /v1/download/check HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: 50\r\n\r\n{"
+            )
             started = time.monotonic()
             answer = raw.recv(1024)
             assert answer.startswith(b"HTTP/1.1 408") and 0.8 < time.monotonic() - started < 3
