@@ -65,7 +65,7 @@ def run(env: BenchEnv, streams: int) -> list[Row]:
         Row(
             "Redis connections held by the server",
             f"{clients_before} before the streams, {clients_after} with them",
-            "seeds' design: one per SSE subscriber",
+            "the original design: one per SSE subscriber",
             "",
             "a handful, whatever the number of streams",
             clients_after <= 10,

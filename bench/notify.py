@@ -1,5 +1,5 @@
 """Notification latency: a worker's progress write until the watching client has it, with many jobs
-progressing at once and every one watched, against the seeds' design of polling GetStatus every 2 s.
+progressing at once and every one watched, against the original design's polling of GetStatus every 2 s.
 The writer stands in for the workers: it claims each job and writes progress through the job store,
 exactly the calls a worker makes, putting its send time in the message."""
 

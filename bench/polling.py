@@ -1,6 +1,6 @@
-"""Requests the server handles per completed download: ours against the seeds' polling design.
+"""Requests the server handles per completed download: ours against the original design's polling.
 
-Computed, not timed: over the seeds' job durations (uniform 10-120 s), polling every `interval`
+Computed, not timed: over the original service's job durations (uniform 10-120 s), polling every `interval`
 costs one request to start plus one per poll until a poll sees the job done; ours costs one
 InitiateDownload and one WatchProgress stream, whatever the duration (plus one per dropped stream)."""
 

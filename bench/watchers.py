@@ -70,7 +70,7 @@ def _watch(watch: Watch, ready: Any, stop: Any, results: Any) -> None:
 
 
 def _poll(watch: Watch, interval_s: float, ready: Any, stop: Any, results: Any) -> None:
-    """The seeds' design: GetStatus every `interval_s` per job; a change is seen at the next poll."""
+    """The original design: GetStatus every `interval_s` per job; a change is seen at the next poll."""
 
     async def main() -> None:
         latencies: list[float] = []

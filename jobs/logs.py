@@ -31,6 +31,9 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+_GRPC_BAD_METADATA = "Invalid encoding on "
+
+
 class ClientMistakes(logging.Filter):
     """gRPC logs metadata that is not UTF-8 (a client's header with a stray byte) as an ERROR with a
     traceback, then serves the call with the value as it is: a client's mistake, not a server error.
@@ -38,9 +41,10 @@ class ClientMistakes(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if record.levelno >= logging.ERROR and message.startswith("Invalid encoding on "):
+        if record.levelno >= logging.ERROR and message.startswith(_GRPC_BAD_METADATA):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg, record.args = "a client sent metadata that is not UTF-8: %s (served as it is)", (message[20:],)
+            value = message.removeprefix(_GRPC_BAD_METADATA)
+            record.msg, record.args = "a client sent metadata that is not UTF-8: %s (served as it is)", (value,)
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -1,6 +1,6 @@
 """Job records this server has read, kept in memory and coherent through Redis's client-side caching.
 
-Clients that poll (`GetStatus` every few seconds, the seeds' design; dashboards; retries) read the same
+Clients that poll (`GetStatus` every few seconds, as the original design does; dashboards; retries) read the same
 records again and again, mostly unchanged: a queued job waits, a finished one stays as it is. Reading
 one from Redis costs a round trip and about a third of the call's CPU; from memory it costs a dict
 lookup (BENCHMARKS.md has the figures).

@@ -12,7 +12,7 @@ import zipfile
 from devstack.seed import seed_content
 from jobs.connections import s3_client_kwargs, s3_session
 from jobs.settings import Settings
-from jobs.storage import artifact_key
+from jobs.storage import artifact_key, artifacts_root
 from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
@@ -74,15 +74,16 @@ def check_archive(job: pb.Job, expected_ids: list[int]) -> zipfile.ZipFile:
     return archive
 
 
-async def open_uploads(settings: Settings, job_id: str, tenant: str = TENANT) -> list[str]:
-    """The ids of the job's multipart uploads still open in S3."""
-    key = artifact_key(settings.redis_prefix, tenant_slug(tenant), job_id)
+async def open_uploads(settings: Settings, job_id: str = "", tenant: str = TENANT) -> list[str]:
+    """The object keys of the multipart uploads still open in S3: the job's, or (no job) all of the
+    settings' deployment."""
+    prefix = artifact_key(settings.redis_prefix, tenant_slug(tenant), job_id) if job_id else artifacts_root(settings.redis_prefix)
     async with s3_session().client("s3", **s3_client_kwargs(settings)) as s3:
-        reply = await s3.list_multipart_uploads(Bucket=settings.artifact_bucket, Prefix=key)
-    return [upload["UploadId"] for upload in reply.get("Uploads", [])]
+        reply = await s3.list_multipart_uploads(Bucket=settings.artifact_bucket, Prefix=prefix)
+    return [upload["Key"] for upload in reply.get("Uploads", [])]
 
 
-async def until_no_open_uploads(settings: Settings, job_id: str, timeout_s: float = 5, tenant: str = TENANT) -> None:
+async def until_no_open_uploads(settings: Settings, job_id: str = "", timeout_s: float = 5, tenant: str = TENANT) -> None:
     deadline = time.monotonic() + timeout_s
     while left := await open_uploads(settings, job_id, tenant):
         assert time.monotonic() < deadline, f"multipart uploads left open: {left}"

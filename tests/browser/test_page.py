@@ -19,7 +19,8 @@ from tests.conftest import MISSING_IDS, SMALL_IDS
 from tests.credentials import TOKEN
 from tests.gateway.conftest import start_gateway, stop_gateway
 
-# Flags that work as root on this machine kind (FACTS.md); no background traffic leaves loopback.
+# Flags that let Chromium run as root with no network beyond loopback: no sandbox (root), no background
+# traffic (it would try to reach Google's hosts at every start).
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",

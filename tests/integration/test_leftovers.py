@@ -16,6 +16,7 @@ from jobs.settings import Settings
 from jobs.storage import artifact_key
 from jobs.store import JobStore
 from tests.credentials import TENANT
+from tests.helpers import open_uploads
 from worker.leftovers import LeftoverSweeper
 
 
@@ -32,11 +33,6 @@ def sweeper(store: JobStore, s3: object, **changes: object) -> LeftoverSweeper:
     return LeftoverSweeper(settings, store.redis, store.keys, s3)
 
 
-async def open_uploads(s3, settings: Settings) -> set[str]:  # noqa: ANN001
-    reply = await s3.list_multipart_uploads(Bucket=settings.artifact_bucket, Prefix=f"{settings.redis_prefix}/")
-    return {upload["Key"] for upload in reply.get("Uploads", [])}
-
-
 async def test_an_upload_older_than_any_attempt_is_aborted_and_a_younger_one_kept(parts) -> None:
     store, s3 = parts
     s = store.settings
@@ -45,7 +41,7 @@ async def test_an_upload_older_than_any_attempt_is_aborted_and_a_younger_one_kep
 
     # Younger than an attempt may run (the default 30 min): a run may still be writing it.
     assert await sweeper(store, s3).abort_stale_uploads() == 0
-    assert await open_uploads(s3, s) == {key}
+    assert await open_uploads(s) == [key]
 
     # Older than any attempt (0 s here, so as soon as S3's clock has moved on): nobody will finish it.
     stale = sweeper(store, s3, attempt_timeout_s=0, housekeeping_interval_s=0.001)
@@ -53,7 +49,7 @@ async def test_an_upload_older_than_any_attempt_is_aborted_and_a_younger_one_kep
     while not await stale.abort_stale_uploads():
         assert time.monotonic() < deadline, "never seen as stale"
         await asyncio.sleep(0.1)
-    assert await open_uploads(s3, s) == set()
+    assert await open_uploads(s) == []
 
 
 async def test_only_artifacts_no_job_owns_are_deleted(parts) -> None:
