@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -68,8 +70,9 @@ def http_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 class LonghaulServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self._clock = clock  # the rate limiter's
         self.port = 0
         self.http_port = 0
         self._http: HttpSide | None = None
@@ -98,7 +101,7 @@ class LonghaulServer:
         self._hub = WatchHub(redis, store.keys, on_event=store.on_write)
         self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME])
         authenticator = Authenticator(s)
-        limiter = RateLimiter(commands, store.keys, s)
+        limiter = RateLimiter(commands, store.keys, s, self._clock)
         self._http = HttpSide(store, presigner, self._health, authenticator, limiter)
 
         guarded = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -78,7 +79,15 @@ class _Window:
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis | MultiplexedRedis, keys: Keys, settings: Settings) -> None:
+    def __init__(
+        self,
+        redis: Redis | MultiplexedRedis,
+        keys: Keys,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # Windows are wall-clock seconds, shared by every replica through the key name; tests pass a clock.
+        self._clock = clock
         self._keys = keys
         self._settings = settings
         self._lease = redis.register_script(_LEASE)
@@ -90,7 +99,7 @@ class RateLimiter:
         if not limit:
             return None
         lease_size = max(1, min(limit // 20, _MAX_LEASE))
-        now = time.time()
+        now = self._clock()
         second = int(now)
         window = self._windows.get(tenant)
         if window is None or window.second != second:

@@ -7,8 +7,9 @@ jobs and nothing needs flushing.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -93,9 +94,9 @@ def settings(base_settings: Settings) -> Settings:
 class Stack:
     """An in-process server and worker pool for one test, with a client stub."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
-        self.server = LonghaulServer(settings.replace(grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0"))
+        self.server = LonghaulServer(settings.replace(grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0"), clock)
         self.workers: list[WorkerRunner] = []
         self.channel: grpc.aio.Channel | None = None
         self.stub: pb_grpc.DownloadServiceStub | None = None
@@ -132,8 +133,8 @@ async def make_stack(settings: Settings) -> AsyncIterator:
     """Builds stacks with per-test setting changes, e.g. `await make_stack(delay_min_ms=5000)`."""
     stacks: list[Stack] = []
 
-    async def make(workers: int = 1, **changes: object) -> Stack:
-        stack = await Stack(settings.replace(**changes)).start(workers)
+    async def make(workers: int = 1, clock: Callable[[], float] = time.time, **changes: object) -> Stack:
+        stack = await Stack(settings.replace(**changes), clock).start(workers)
         stacks.append(stack)
         return stack
 

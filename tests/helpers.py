@@ -43,6 +43,15 @@ async def wait_done(stub: pb_grpc.DownloadServiceStub, job_id: str, timeout_s: f
     return job
 
 
+async def wait_state(stub: pb_grpc.DownloadServiceStub, job_id: str, state: int, timeout_s: float = 10) -> pb.Job:
+    """Until GetStatus says `state` (for changes no watch reports, like a finished job expiring)."""
+    deadline = time.monotonic() + timeout_s
+    while (job := (await stub.GetStatus(pb.GetStatusRequest(job_id=job_id))).job).state != state:
+        assert time.monotonic() < deadline, f"still {pb.JobState.Name(job.state)}"
+        await asyncio.sleep(0.05)
+    return job
+
+
 async def wait_running_on(stack, job_id: str, not_on: str = "", timeout_s: float = 20) -> pb.Job:  # noqa: ANN001
     """Until the job runs (a file done) on a worker other than `not_on`; returns it."""
     deadline = time.monotonic() + timeout_s
@@ -88,3 +97,16 @@ async def until_no_open_uploads(settings: Settings, job_id: str = "", timeout_s:
     while left := await open_uploads(settings, job_id, tenant):
         assert time.monotonic() < deadline, f"multipart uploads left open: {left}"
         await asyncio.sleep(0.05)
+
+
+class StoppedClock:
+    """A wall clock that moves only when told: rate-limit windows without waiting for the next second."""
+
+    def __init__(self) -> None:
+        self.now = int(time.time()) + 0.5  # half a second left in the window: Retry-After rounds up to 1
+
+    def __call__(self) -> float:
+        return self.now
+
+    def next_second(self) -> None:
+        self.now += 1

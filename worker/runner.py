@@ -81,6 +81,7 @@ class WorkerRunner:
         self._worker: Any = None
         self._cancel_listener: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._s3 = await self._exit_stack.enter_async_context(
@@ -97,7 +98,15 @@ class WorkerRunner:
 
     async def stop(self) -> None:
         """Stops intake, lets running jobs finish within the grace period, then hands the rest
-        back to the queue so another worker takes them at once (not after the lock lapses)."""
+        back to the queue so another worker takes them at once (not after the lock lapses).
+
+        Safe to call twice (the second call waits for the first) and before `start()`: a signal
+        handler and a `finally` may both call it, and bullmq's close() must run once only."""
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         await self._relay.close()
         if self._worker is not None:
             await self._close_worker()
@@ -109,8 +118,7 @@ class WorkerRunner:
         await self._redis.aclose()
 
     async def _close_worker(self) -> None:
-        # close() stops intake and returns once the running jobs have ended. It is called once
-        # only: bullmq's close() spins forever if a second call's teardown is cancelled.
+        # close() stops intake and returns once the running jobs have ended.
         closing = asyncio.create_task(self._worker.close())
         loop = asyncio.get_running_loop()
         hand_back_at = loop.time() + self.settings.shutdown_grace_s

@@ -99,7 +99,11 @@ def _start_download(gateway, *extra: str) -> tuple[subprocess.Popen[str], str]: 
 @pytest.mark.parametrize("cancel", [False, True], ids=["keeps-running", "cancel-on-interrupt"])
 def test_ctrl_c_leaves_the_job_running_unless_asked(slow_gateway, cancel: bool) -> None:  # noqa: ANN001
     proc, job_id = _start_download(slow_gateway, *(["--cancel-on-interrupt"] if cancel else []))
-    time.sleep(1)
+    with Client(slow_gateway.address, token=TOKEN) as client:
+        deadline = time.monotonic() + 20
+        while client.status(job_id).state != pb.JOB_STATE_RUNNING:  # interrupted mid-job
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130
@@ -120,7 +124,7 @@ def test_watch_resumes_across_an_envoy_restart_without_a_gap(slow_gateway) -> No
     first = json.loads(watch.stdout.readline())
     # Envoy goes away mid-job and comes back on the same port: the stream drops, the command resumes.
     slow_gateway.envoy.kill()
-    time.sleep(0.5)
+    time.sleep(0.5)  # away for a moment, as in a restart
     slow_gateway.envoy.start()
     slow_gateway.envoy.wait_until(lambda: port_open(slow_gateway.port), 30, "listening")
     rest, stderr = watch.communicate(timeout=60)

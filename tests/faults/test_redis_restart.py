@@ -75,10 +75,13 @@ async def test_server_and_workers_ride_out_a_redis_restart(own_redis, make_stack
                 return seen[-1].job
             except grpc.aio.AioRpcError as error:
                 assert error.code() == grpc.StatusCode.UNAVAILABLE, error
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.3)  # a client's back-off before it resumes
 
     watcher = asyncio.create_task(watch_with_resume())
-    await asyncio.sleep(1.0)
+    deadline = time.monotonic() + 20
+    while not any(m.job.state == pb.JOB_STATE_RUNNING for m in seen):  # the watch is live mid-run
+        assert time.monotonic() < deadline and not watcher.done(), seen
+        await asyncio.sleep(0.02)
     await asyncio.to_thread(own_redis.restart, 1.0)
 
     final = await asyncio.wait_for(watcher, 60)

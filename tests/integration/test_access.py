@@ -32,7 +32,7 @@ from server.ratelimit import RateLimited, RateLimiter
 from tests import credentials
 from tests.conftest import SMALL_IDS
 from tests.credentials import OTHER_TOKEN, TOKEN
-from tests.helpers import fetch, initiate, wait_done
+from tests.helpers import StoppedClock, fetch, initiate, wait_done
 
 ISSUER, AUDIENCE = "https://issuer.test", "longhaul-tests"
 HS_SECRET = "a-shared-secret-of-at-least-32-characters"
@@ -296,9 +296,9 @@ async def test_a_tenant_at_its_active_jobs_limit_is_told_when_to_retry(make_stac
 
 
 async def test_the_rate_limit_holds_across_replicas_and_says_when_to_retry(make_stack) -> None:
-    replicas = [await make_stack(workers=0, tenant_requests_per_s=5) for _ in range(2)]
-    # A burst well inside one one-second window, alternating between the two servers.
-    await asyncio.sleep(1.02 - time.time() % 1)
+    clock = StoppedClock()
+    replicas = [await make_stack(workers=0, tenant_requests_per_s=5, clock=clock) for _ in range(2)]
+    # A burst inside one one-second window, alternating between the two servers.
     outcomes = []
     for index in range(10):
         call = replicas[index % 2].stub.ListDownloads(pb.ListDownloadsRequest())
@@ -318,8 +318,9 @@ async def test_the_rate_limit_holds_across_replicas_and_says_when_to_retry(make_
         assert 0 < retry_delay_s(error) <= 1
         trailers = dict(error.trailing_metadata())
         assert trailers["retry-after"] == "1" and trailers["ratelimit-remaining"] == "0"
-    await asyncio.sleep(1.0)
-    await replicas[0].stub.ListDownloads(pb.ListDownloadsRequest())  # the next second has room again
+    clock.next_second()
+    for replica in replicas:
+        await replica.stub.ListDownloads(pb.ListDownloadsRequest())  # the next second has room again
 
 
 async def test_the_bucket_serves_artifacts_only_with_a_signature(stack) -> None:
@@ -337,8 +338,13 @@ async def test_the_bucket_serves_artifacts_only_with_a_signature(stack) -> None:
 
 
 async def test_a_tenant_can_have_limits_of_its_own(make_stack) -> None:
+    clock = StoppedClock()
     stack = await make_stack(
-        workers=0, tenant_max_active_jobs=0, tenant_requests_per_s=0, tenant_limits=f"{credentials.OTHER_TENANT}=1/3"
+        workers=0,
+        clock=clock,
+        tenant_max_active_jobs=0,
+        tenant_requests_per_s=0,
+        tenant_limits=f"{credentials.OTHER_TENANT}=1/3",
     )
     theirs = credentials.bearer(OTHER_TOKEN)
     await initiate(stack.stub, SMALL_IDS[:1], metadata=theirs)
@@ -346,7 +352,7 @@ async def test_a_tenant_can_have_limits_of_its_own(make_stack) -> None:
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 downloads" in error.details()
     for index in range(5):
         await initiate(stack.stub, SMALL_IDS[index : index + 1])  # the default: no limits
-    await asyncio.sleep(1.02 - time.time() % 1)
+    clock.next_second()  # a window of its own for the rate limit
     outcomes = []
     for _ in range(4):
         try:
@@ -361,8 +367,8 @@ async def test_high_limits_are_leased_in_blocks_and_still_hold_across_replicas(s
     limit = 200  # leases of 10
     async with redis_client(settings) as redis:
         own = settings.replace(tenant_requests_per_s=limit)
-        replicas = [RateLimiter(redis, Keys(settings.redis_prefix), own) for _ in range(3)]
-        await asyncio.sleep(1.02 - time.time() % 1)
+        clock = StoppedClock()
+        replicas = [RateLimiter(redis, Keys(settings.redis_prefix), own, clock) for _ in range(3)]
         allowed, refused_calls = 0, 0
         before = await script_calls(redis)
         for index in range(300):

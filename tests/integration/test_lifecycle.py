@@ -4,6 +4,7 @@ expiry and server shutdown — against real Redis and SeaweedFS."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import grpc
@@ -18,7 +19,7 @@ from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import MISSING_IDS, SMALL_IDS
 from tests.credentials import TENANT
-from tests.helpers import check_archive, initiate, open_uploads, wait_done, watch_all
+from tests.helpers import check_archive, initiate, open_uploads, wait_done, wait_state, watch_all
 
 # Long enough that the job is certainly still running when the test acts on it.
 SLOW = {"delay_min_ms": 4_000, "delay_max_ms": 4_000}
@@ -74,7 +75,8 @@ async def test_a_finished_job_is_returned_again_without_rerunning(stack) -> None
 # -- cancellation -----------------------------------------------------------------------------------
 
 
-async def test_cancel_a_queued_job_and_it_never_starts(make_stack) -> None:
+async def test_cancel_a_queued_job_and_it_never_starts(make_stack, caplog) -> None:  # noqa: ANN001
+    caplog.set_level(logging.INFO, logger="worker.runner")
     stack = await make_stack(workers=0)
     job = await initiate(stack.stub, SMALL_IDS[:2])
     cancelled = (await stack.stub.CancelDownload(pb.CancelDownloadRequest(job_id=job.job_id))).job
@@ -82,7 +84,10 @@ async def test_cancel_a_queued_job_and_it_never_starts(make_stack) -> None:
     assert cancelled.finish_time.seconds > 0
 
     await stack.add_worker()  # a worker arrives and takes the queue entry
-    await asyncio.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while f"job {job.job_id} is already over" not in caplog.text:
+        assert time.monotonic() < deadline, "the worker never took the queue entry"
+        await asyncio.sleep(0.02)
     status = (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job
     assert status.state == pb.JOB_STATE_CANCELLED
     assert status.attempts == 0, "a cancelled queued job never starts"
@@ -248,9 +253,8 @@ async def test_finished_jobs_expire_and_their_artifacts_are_deleted(make_stack) 
     async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
         await s3.put_object(Bucket=s.artifact_bucket, Key=artifact_key(s.redis_prefix, tenant_slug(TENANT), orphan.job_id), Body=b"late upload")
         await s3.head_object(Bucket=s.artifact_bucket, Key=artifact_key(s.redis_prefix, tenant_slug(TENANT), job.job_id))
-        await asyncio.sleep(1.3)
-        status = (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job
-        assert status.state == pb.JOB_STATE_EXPIRED
+        status = await wait_state(stack.stub, job.job_id, pb.JOB_STATE_EXPIRED)
+        assert status.expire_time.ToMilliseconds() <= time.time() * 1000
         messages = await watch_all(stack.stub, job.job_id)
         assert [m.job.state for m in messages] == [pb.JOB_STATE_EXPIRED]
         listed = await stack.stub.ListDownloads(pb.ListDownloadsRequest())

@@ -41,6 +41,12 @@ async def fresh_is_empty(redis, store: JobStore) -> bool:  # noqa: ANN001
     return await redis.llen(store.keys.fresh) == 0
 
 
+async def blocked_pops(redis, count: int) -> bool:  # noqa: ANN001
+    """Whether `count` clients of this Redis are blocked in a relay's pop (tests run one at a time)."""
+    clients = await redis.client_list()
+    return sum(1 for c in clients if c["cmd"] == "blmpop" and "b" in c["flags"]) == count
+
+
 async def until(condition, timeout_s: float = 10) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout_s
     while not await condition():
@@ -128,6 +134,7 @@ async def test_closing_a_relay_blocked_on_an_empty_list_ends_its_wait(parts) -> 
     for _ in range(20):
         relay = Relay(redis, store.keys, queue)
         relay.start()
-        await asyncio.sleep(0.02)  # blocked in its pop (5 s)
+        await until(lambda: blocked_pops(redis, 1))
         await asyncio.wait_for(relay.close(), 3)
+        await until(lambda: blocked_pops(redis, 0))
     assert await redis.keys(f"{store.keys.fresh}:*") == [], "no wake key is left behind"
