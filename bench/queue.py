@@ -13,6 +13,7 @@ from bench.env import BenchEnv, TENANT
 from bench.report import Row, median, percentile
 from devstack.seed import seed_sources
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
+from jobs.keys import CHANNEL_SEPARATOR
 from jobs.model import F
 from jobs.queue import JobQueue
 from jobs.store import JobStore
@@ -42,7 +43,7 @@ class EventTap:
 
     async def _read(self) -> None:
         async for message in self._pubsub.listen():
-            self.events.put_nowait((time.perf_counter(), json.loads(message["data"].split("\n", 1)[1])))
+            self.events.put_nowait((time.perf_counter(), json.loads(message["data"].partition(CHANNEL_SEPARATOR)[2])))
 
     async def until(self, job_id: str, state: str) -> float:
         while True:

@@ -22,13 +22,27 @@
     {p}:q:{queue}:*       bullmq's own keys for the work queue
 
 {t} is the tenant's slug (jobs.tenants.tenant_slug): no ":" in it, so no two tenants' keys meet.
-A job record keeps its tenant's prefix (`tenant_key`, from Keys.tenant); transition.lua and
-forget.lua append ":jobs", ":active" and ":idem:{rid}" to it, so those suffixes live there too.
+A job record keeps its tenant's prefix (`tenant_key`, from Keys.tenant); the Lua scripts append the
+suffixes below to it. They get these names, and the formats of entries and messages, from the
+prelude jobs/scripts.py generates from this module: nothing about the layout is spelled twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# After a tenant's prefix (Keys.tenant).
+INDEX_SUFFIX = ":jobs"
+ACTIVE_SUFFIX = ":active"
+IDEMPOTENCY_SUFFIX = ":idem:"
+# The one field of an entry of a job's event stream: the event as JSON.
+EVENT_ENTRY_FIELD = "e"
+# A tenant index member, "{created_ms:013d}:{id}": the same format in Python (%) and Lua (string.format).
+INDEX_MEMBER_FORMAT = "%013d:%s"
+# "{id} {priority}" in the fresh list, "{id} {fingerprint}" in an idempotency key, "{id}\n{json}" on the events channel.
+FRESH_SEPARATOR = " "
+IDEMPOTENCY_SEPARATOR = " "
+CHANNEL_SEPARATOR = "\n"
 
 
 @dataclass(frozen=True)
@@ -49,13 +63,13 @@ class Keys:
         return f"{self.prefix}:t:{slug}"
 
     def index(self, slug: str) -> str:
-        return f"{self.tenant(slug)}:jobs"
+        return self.tenant(slug) + INDEX_SUFFIX
 
     def active(self, slug: str) -> str:
-        return f"{self.tenant(slug)}:active"
+        return self.tenant(slug) + ACTIVE_SUFFIX
 
     def idempotency(self, slug: str, request_id: str) -> str:
-        return f"{self.tenant(slug)}:idem:{request_id}"
+        return self.tenant(slug) + IDEMPOTENCY_SUFFIX + request_id
 
     def rate(self, slug: str, second: int) -> str:
         return f"{self.tenant(slug)}:rate:{second}"
@@ -105,4 +119,4 @@ class Keys:
 
 def index_member(created_ms: int, job_id: str) -> str:
     """Zero-padded so lexicographic order is creation order (newest last)."""
-    return f"{created_ms:013d}:{job_id}"
+    return INDEX_MEMBER_FORMAT % (created_ms, job_id)

@@ -1,12 +1,15 @@
-"""The job's vocabulary: states, phases, event types and the fields of the stored record.
+"""The job's vocabulary: states, phases, event types, error codes and the fields of the stored record.
 
 Values are stored as the proto enum names without their prefix (state "QUEUED" is
-JOB_STATE_QUEUED), so Redis stays readable and the server maps them to the contract one to one.
+JOB_STATE_QUEUED), so Redis stays readable and the server maps them to the contract one to one
+(tests/unit/test_vocabulary.py holds each enum here to its proto enum).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from longhaul.download.v1 import download_pb2 as pb
 
 
 class State(StrEnum):
@@ -18,7 +21,12 @@ class State(StrEnum):
     EXPIRED = "EXPIRED"
 
 
-TERMINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.EXPIRED})
+# The contract marks them (the `terminal` option on JobState's values).
+TERMINAL_STATES = frozenset(
+    State(value.name.removeprefix("JOB_STATE_"))
+    for value in pb.JobState.DESCRIPTOR.values
+    if value.GetOptions().Extensions[pb.terminal]
+)
 
 
 class Phase(StrEnum):
@@ -33,6 +41,17 @@ class EventType(StrEnum):
     SNAPSHOT = "SNAPSHOT"
     STATE_CHANGED = "STATE_CHANGED"
     PROGRESS = "PROGRESS"
+
+
+class ErrorCode(StrEnum):
+    """Why a job failed: the contract's JobErrorCode, documented there."""
+
+    ALL_FILES_MISSING = "ALL_FILES_MISSING"
+    TOO_MANY_ATTEMPTS = "TOO_MANY_ATTEMPTS"
+    ATTEMPT_TIMEOUT = "ATTEMPT_TIMEOUT"
+    STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+    JOB_STORE_UNAVAILABLE = "JOB_STORE_UNAVAILABLE"
+    INTERNAL = "INTERNAL"
 
 
 class Priority(StrEnum):
@@ -78,6 +97,10 @@ class F:
     TOKEN = "token"  # the running attempt's fencing token; left out of events
     CALL = "call"  # the last change's call id, so its repeat is answered, not applied (transition.lua); left out of events
     EVENT = "ev"  # only in events: the EventType
+
+
+# Record fields no event and no reader outside the store sees.
+PRIVATE_FIELDS = frozenset({F.FILE_IDS, F.TOKEN, F.CALL})
 
 
 # Limits of InitiateDownload, from the original HTTP service.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from jobs.store import lua_script
+from jobs.scripts import lua_script
 
 
 class Schedule:

@@ -12,7 +12,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
@@ -25,9 +24,10 @@ from jobs.errors import (
     QuotaExceeded,
     RunSuperseded,
 )
-from jobs.keys import Keys, index_member
-from jobs.model import F, EventType, Phase, Priority, State
+from jobs.keys import EVENT_ENTRY_FIELD, Keys, index_member
+from jobs.model import PRIVATE_FIELDS, F, EventType, Phase, Priority, State
 from jobs.multiplex import MultiplexedRedis
+from jobs.scripts import lua_script
 from jobs.settings import Settings
 from jobs.storage import artifact_key
 from jobs.tenants import tenant_slug
@@ -35,8 +35,10 @@ from jobs.tenants import tenant_slug
 Fields = dict[str, str]
 
 
-def lua_script(name: str) -> str:
-    return resources.files("jobs").joinpath(f"lua/{name}.lua").read_text()
+def _without(names: Iterable[str], record: Fields) -> Fields:
+    for name in names:
+        record.pop(name, None)
+    return record
 
 
 def now_ms() -> int:
@@ -107,7 +109,7 @@ class JobStore:
             retention_s,
             self.settings.event_history_len,
             index_member(created, job_id),
-            f"{max(created - retention_s * 1000, 0):013d}",
+            index_member(max(created - retention_s * 1000, 0), ""),
             created,
             json.dumps(fields, separators=(",", ":")),
             self.settings.limits_for(tenant)[0],
@@ -141,11 +143,7 @@ class JobStore:
         if record:
             if tenant is not None and record.get(F.TENANT) != tenant:
                 raise JobNotFound(job_id)
-            if not with_file_ids:
-                record.pop(F.FILE_IDS, None)
-            record.pop(F.TOKEN, None)
-            record.pop(F.CALL, None)
-            return record
+            return _without(PRIVATE_FIELDS - ({F.FILE_IDS} if with_file_ids else set()), record)
         owner = await self._commands.get(self.keys.tombstone(job_id))
         if owner is not None and (tenant is None or owner == tenant):
             return expired_stub(job_id)
@@ -162,7 +160,7 @@ class JobStore:
         if after_seq >= latest:
             return []
         entries = await self.redis.xrange(self.keys.events(job_id), min=f"({after_seq}-0")
-        events = [json.loads(data["e"]) for _, data in entries]
+        events = [json.loads(data[EVENT_ENTRY_FIELD]) for _, data in entries]
         if not events or int(events[0][F.SEQ]) != after_seq + 1:
             return None
         return events
@@ -184,10 +182,7 @@ class JobStore:
         forgotten: list[str] = []
         for member, job_id, record, gone in zip(members, job_ids, replies[::2], replies[1::2]):
             if record:
-                record.pop(F.FILE_IDS, None)
-                record.pop(F.TOKEN, None)
-                record.pop(F.CALL, None)
-                jobs.append(record)
+                jobs.append(_without(PRIVATE_FIELDS, record))
             elif gone:
                 jobs.append(expired_stub(job_id))
             else:

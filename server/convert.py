@@ -27,6 +27,7 @@ _PRIORITIES = {"LOW": pb.PRIORITY_LOW, "NORMAL": pb.PRIORITY_NORMAL, "HIGH": pb.
 # Looked up per conversion: a dict is several times cheaper than the enum wrapper's Value().
 _STATES = {name.removeprefix("JOB_STATE_"): value for name, value in pb.JobState.items()}
 _PHASES = {name.removeprefix("JOB_PHASE_"): value for name, value in pb.JobPhase.items()}
+_ERROR_CODES = {name.removeprefix("JOB_ERROR_CODE_"): value for name, value in pb.JobErrorCode.items()}
 _TIMESTAMPS = (
     ("create_time", F.CREATED_MS),
     ("start_time", F.STARTED_MS),
@@ -101,7 +102,8 @@ def to_job(fields: Mapping[str, str], presigner: Presigner) -> pb.Job:
         job.result.CopyFrom(_result(json.loads(fields[F.RESULT]), presigner, expire_ms))
     if fields.get(F.ERROR):
         error = json.loads(fields[F.ERROR])
-        job.error.CopyFrom(pb.JobError(code=error["code"], message=error["message"], retryable=error["retryable"]))
+        code = _ERROR_CODES.get(error["code"], pb.JOB_ERROR_CODE_UNSPECIFIED)
+        job.error.CopyFrom(pb.JobError(code=code, message=error["message"], retryable=error["retryable"]))
     return job
 
 

@@ -1,4 +1,4 @@
-"""The one place where failures become gRPC statuses.
+"""The one place where failures become gRPC statuses (and, for the server's plain-HTTP side, HTTP ones).
 
 Handlers raise domain errors (jobs.errors), validation errors or let infrastructure errors escape;
 `grpc_errors` turns each into a status with a message a person can act on, and for invalid
@@ -79,7 +79,7 @@ def _retry_after_s(error: RateLimited | QuotaExceeded) -> float:
     return error.retry_after_s if isinstance(error, RateLimited) else QUOTA_RETRY_S
 
 
-def _metadata_for(error: Exception) -> tuple[tuple[str, str], ...]:
+def error_headers(error: Exception) -> tuple[tuple[str, str], ...]:
     """HTTP-minded metadata of an error; Envoy hands it to REST clients as headers."""
     if isinstance(error, RateLimited):
         return error.headers
@@ -90,7 +90,29 @@ def _metadata_for(error: Exception) -> tuple[tuple[str, str], ...]:
     return ()
 
 
-async def abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+# google.rpc.Code -> HTTP status, as google/rpc/code.proto maps them (and Envoy's transcoder does).
+HTTP_STATUS = {
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+
+def error_status(error: Exception) -> tuple[grpc.StatusCode, status_pb2.Status]:
+    """The status a handler's failure leaves with, details packed; unexpected ones are logged."""
     code, message, details = status_for(error)
     if code == grpc.StatusCode.INTERNAL:
         log.error("unexpected error in a handler", exc_info=error)
@@ -99,8 +121,13 @@ async def abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)
-    metadata = (*reply_headers(), *_metadata_for(error), ("grpc-status-details-bin", status.SerializeToString()))
-    await context.abort(code, message, trailing_metadata=metadata)
+    return code, status
+
+
+async def abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    code, status = error_status(error)
+    metadata = (*reply_headers(), *error_headers(error), ("grpc-status-details-bin", status.SerializeToString()))
+    await context.abort(code, status.message, trailing_metadata=metadata)
 
 
 def grpc_errors(handler: Callable[..., Any]) -> Callable[..., Any]:

@@ -16,17 +16,18 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import grpc
 from aiohttp import web
+from google.protobuf.json_format import MessageToDict
 
-from jobs.errors import JobNotFound
 from jobs.model import F, State
 from jobs.store import JobStore
 from server import validation
+from server.auth import Authenticator
 from server.convert import Presigner
-from server.auth import WWW_AUTHENTICATE, Authenticator, Unauthenticated
+from server.errors import HTTP_STATUS, error_headers, error_status
 from server.health import HealthMonitor
-from server.ratelimit import RateLimited, RateLimiter
-from server.validation import InvalidRequest
+from server.ratelimit import RateLimiter
 
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "clients" / "web" / "dist"
@@ -38,16 +39,24 @@ def _json(status: int, body: dict[str, Any], headers: Any = ()) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=dict(headers))
 
 
+def _failure(error: Exception, headers: Any) -> web.Response:
+    """Whatever the gRPC side would answer for the same failure, as REST gets it through Envoy."""
+    code, status = error_status(error)
+    return _json(HTTP_STATUS[code], MessageToDict(status), (*headers, *error_headers(error)))
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Paths and methods nobody serves get the same JSON error shape as the REST API, not aiohttp's text."""
     try:
         return await handler(request)
     except web.HTTPNotFound:
-        return _json(404, {"code": 5, "message": f"no such path: {request.path!r}; the REST API lives under /v1/"})
+        message = f"no such path: {request.path!r}; the REST API lives under /v1/"
+        return _json(404, {"code": grpc.StatusCode.NOT_FOUND.value[0], "message": message})
     except web.HTTPMethodNotAllowed as error:
         allowed = ", ".join(sorted(error.allowed_methods))
-        return _json(405, {"code": 12, "message": f"{request.method} is not allowed on {request.path!r}; use {allowed}"})
+        message = f"{request.method} is not allowed on {request.path!r}; use {allowed}"
+        return _json(405, {"code": grpc.StatusCode.UNIMPLEMENTED.value[0], "message": message}, {"allow": allowed})
 
 
 class HttpSide:
@@ -106,19 +115,14 @@ class HttpSide:
             headers = allowance.headers if allowance else ()
             job_id = validation.job_id(request.match_info["job_id"])
             job = await self._store.get(job_id, tenant, with_file_ids=False)
-        except Unauthenticated as error:
-            return _json(401, {"code": 16, "message": str(error)}, {"www-authenticate": WWW_AUTHENTICATE})
-        except RateLimited as error:
-            return _json(429, {"code": 8, "message": str(error)}, error.headers)
-        except InvalidRequest as error:
-            return _json(400, {"code": 3, "message": str(error)}, headers)
-        except JobNotFound as error:
-            return _json(404, {"code": 5, "message": str(error)}, headers)
+        except Exception as error:  # noqa: BLE001 - each is mapped in errors.status_for
+            return _failure(error, headers)
         if job[F.STATE] != State.COMPLETED:
+            # 409 rather than FAILED_PRECONDITION's 400: the request is fine, the job is not there yet.
             return _json(
                 409,
                 {
-                    "code": 9,
+                    "code": grpc.StatusCode.FAILED_PRECONDITION.value[0],
                     "message": f"job {job_id} is {job[F.STATE]}, not COMPLETED; there is no file yet",
                     "state": job[F.STATE],
                     "percent": float(job.get(F.PERCENT, 0)),

@@ -31,10 +31,15 @@ ERROR_DOMAIN = "longhaul.download.v1"
 
 # The status of a job that ended without a result. A failure's code says what a caller can do.
 _FAILURE_CODES = {
-    "ALL_FILES_MISSING": code_pb2.NOT_FOUND,
-    "ATTEMPT_TIMEOUT": code_pb2.DEADLINE_EXCEEDED,
-    "INTERNAL": code_pb2.INTERNAL,
+    pb.JOB_ERROR_CODE_ALL_FILES_MISSING: code_pb2.NOT_FOUND,
+    pb.JOB_ERROR_CODE_ATTEMPT_TIMEOUT: code_pb2.DEADLINE_EXCEEDED,
+    pb.JOB_ERROR_CODE_INTERNAL: code_pb2.INTERNAL,
 }
+
+
+def error_reason(code: int) -> str:
+    """JOB_ERROR_CODE_ALL_FILES_MISSING -> ALL_FILES_MISSING, as ErrorInfo reasons are written."""
+    return "FAILED" if code == pb.JOB_ERROR_CODE_UNSPECIFIED else pb.JobErrorCode.Name(code).removeprefix("JOB_ERROR_CODE_")
 
 
 def _failure(job: pb.Job) -> status_pb2.Status:
@@ -45,7 +50,7 @@ def _failure(job: pb.Job) -> status_pb2.Status:
     default = code_pb2.UNAVAILABLE if job.error.retryable else code_pb2.ABORTED
     status = status_pb2.Status(code=_FAILURE_CODES.get(job.error.code, default), message=job.error.message or job.message)
     info = error_details_pb2.ErrorInfo(
-        reason=job.error.code or "FAILED", domain=ERROR_DOMAIN, metadata={"retryable": str(job.error.retryable).lower()}
+        reason=error_reason(job.error.code), domain=ERROR_DOMAIN, metadata={"retryable": str(job.error.retryable).lower()}
     )
     status.details.add().Pack(info)
     return status

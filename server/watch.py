@@ -20,7 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from jobs.errors import JobNotFound
-from jobs.keys import Keys
+from jobs.keys import CHANNEL_SEPARATOR, Keys
 from jobs.model import F, TERMINAL_STATES, EventType, State
 from jobs.store import Fields, JobStore
 from server.errors import ServerShuttingDown
@@ -98,7 +98,7 @@ class WatchHub:
                 backoff_s = min(backoff_s * 2, 5.0)
 
     def _dispatch(self, data: str) -> None:
-        job_id, _, payload = data.partition("\n")
+        job_id, _, payload = data.partition(CHANNEL_SEPARATOR)
         self._on_event(job_id)
         boxes = self._inboxes.get(job_id)
         if not boxes:

@@ -16,9 +16,9 @@ from jobs.storage import artifact_key, artifacts_root
 from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
+from longhaul_client import TERMINAL_STATES
 from tests.credentials import TENANT
 
-TERMINAL = {pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED, pb.JOB_STATE_EXPIRED}
 
 
 async def initiate(
@@ -39,7 +39,7 @@ async def watch_all(
 async def wait_done(stub: pb_grpc.DownloadServiceStub, job_id: str, timeout_s: float = 30) -> pb.Job:
     messages = await watch_all(stub, job_id, timeout_s=timeout_s)
     job = messages[-1].job
-    assert job.state in TERMINAL, messages[-1]
+    assert job.state in TERMINAL_STATES, messages[-1]
     return job
 
 

@@ -10,6 +10,7 @@ import botocore.exceptions
 import redis.exceptions
 from botocore.exceptions import ClientError
 
+from jobs.model import ErrorCode
 from jobs.settings import Settings
 
 _RETRYABLE_S3_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"})
@@ -23,17 +24,17 @@ _NETWORK_ERRORS = (
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
-def transient_code(error: BaseException) -> str | None:
+def transient_code(error: BaseException) -> ErrorCode | None:
     """The error code of a failure a later attempt may not meet (S3 5xx, timeouts, resets, a Redis
     blip), or None for a failure that would happen again."""
     if isinstance(error, ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         code = error.response.get("Error", {}).get("Code", "")
-        return "STORAGE_UNAVAILABLE" if status >= 500 or status == 429 or code in _RETRYABLE_S3_CODES else None
+        return ErrorCode.STORAGE_UNAVAILABLE if status >= 500 or status == 429 or code in _RETRYABLE_S3_CODES else None
     if isinstance(error, _REDIS_ERRORS):
-        return "JOB_STORE_UNAVAILABLE"
+        return ErrorCode.JOB_STORE_UNAVAILABLE
     if isinstance(error, _NETWORK_ERRORS):
-        return "STORAGE_UNAVAILABLE"
+        return ErrorCode.STORAGE_UNAVAILABLE
     return None
 
 

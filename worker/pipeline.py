@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from jobs.model import Phase
+from jobs.model import ErrorCode, Phase
 from jobs.settings import Settings
 from jobs.storage import SourceFile, artifact_name, head_source, is_missing
 from worker.multipart import MultipartSink
@@ -31,7 +31,7 @@ _TICK_S = 1.0
 class PermanentJobError(Exception):
     """A failure that running the job again cannot fix."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -66,7 +66,7 @@ async def build_archive(
     found = [s for s in sources if s is not None]
     if not found:
         raise PermanentJobError(
-            "ALL_FILES_MISSING", f"none of the {len(file_ids)} requested files exist, so there is nothing to download"
+            ErrorCode.ALL_FILES_MISSING, f"none of the {len(file_ids)} requested files exist, so there is nothing to download"
         )
     progress.files_total = len(found)
     progress.bytes_total = sum(s.size for s in found)
@@ -94,7 +94,7 @@ async def build_archive(
         await asyncio.shield(sink.abort())
         raise
     if not any(o.status == "INCLUDED" for o in outcomes.values()):
-        raise PermanentJobError("ALL_FILES_MISSING", "every requested file disappeared while the job ran")
+        raise PermanentJobError(ErrorCode.ALL_FILES_MISSING, "every requested file disappeared while the job ran")
     return ArchiveResult(key, artifact_name(job_id), size, sha256, [outcomes[f] for f in file_ids])
 
 

@@ -15,7 +15,7 @@ import uuid
 
 from redis.asyncio import Redis
 
-from jobs.keys import Keys
+from jobs.keys import FRESH_SEPARATOR, Keys
 from jobs.model import Priority
 from jobs.queue import JobQueue
 
@@ -28,7 +28,7 @@ _BACKOFF_CAP_S = 5.0
 
 
 def _parse(entry: str) -> tuple[str, Priority]:
-    job_id, _, priority = entry.partition(" ")
+    job_id, _, priority = entry.partition(FRESH_SEPARATOR)
     return job_id, Priority(priority)
 
 

@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
 from jobs.errors import RunSuperseded
-from jobs.model import F, EventType, Phase, State
+from jobs.model import F, ErrorCode, EventType, Phase, State
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore, finish_fields
@@ -158,7 +158,7 @@ class WorkerRunner:
                 f"gave up after {attempt - 1} attempts: each one failed or lost its worker "
                 "(a worker that died or was stopped mid-job)"
             )
-            await self._finish(job_id, run_token, State.FAILED, message, {"code": "TOO_MANY_ATTEMPTS", "retryable": True})
+            await self._finish(job_id, run_token, State.FAILED, message, {"code": ErrorCode.TOO_MANY_ATTEMPTS, "retryable": True})
             return
         file_ids = json.loads(record[F.FILE_IDS])
         task = asyncio.create_task(self._run(job_id, run_token, attempt, record[F.ARTIFACT_KEY], file_ids))
@@ -219,7 +219,7 @@ class WorkerRunner:
                 log.exception("job %s failed", job_id)
                 await self._finish(
                     job_id, token, State.FAILED, f"the download could not be prepared: {error}",
-                    {"code": "INTERNAL", "retryable": False},
+                    {"code": ErrorCode.INTERNAL, "retryable": False},
                 )
                 return None
             if attempt >= s.max_attempts:
@@ -247,7 +247,7 @@ class WorkerRunner:
         """An attempt ran past ATTEMPT_TIMEOUT_S (wait_for has cancelled it): retry or fail the job."""
         limit = self.settings.attempt_timeout_s
         log.error("job %s attempt %d exceeded %.0f s; stopped", job_id, attempt, limit)
-        error = {"code": "ATTEMPT_TIMEOUT", "retryable": True}
+        error = {"code": ErrorCode.ATTEMPT_TIMEOUT, "retryable": True}
         if attempt >= self.settings.max_attempts:
             message = f"gave up after {attempt} attempts; the last one ran past the {limit:.0f} s limit"
             await self._finish(job_id, token, State.FAILED, message, error)

@@ -17,13 +17,13 @@ local with_request_id = #KEYS == 7
 if with_request_id then
   local existing = redis.call("GET", KEYS[7])
   if existing then
-    local sep = string.find(existing, " ", 1, true)
+    local sep = string.find(existing, IDEMPOTENCY_SEPARATOR, 1, true)
     local other_id, other_fp = string.sub(existing, 1, sep - 1), string.sub(existing, sep + 1)
     if other_fp ~= fingerprint then return {"conflict", other_id} end
     -- A repeated request for a job still queued hands it to the relay again: a no-op when the
     -- queue has it (bullmq adds a job id once), the repair when it was lost on its way.
-    local other = redis.call("HMGET", ARGV[10] .. other_id, "state", "priority")
-    if other[1] == "QUEUED" then redis.call("RPUSH", KEYS[6], other_id .. " " .. other[2]) end
+    local other = redis.call("HMGET", ARGV[10] .. other_id, F.STATE, F.PRIORITY)
+    if other[1] == STATE.QUEUED then redis.call("RPUSH", KEYS[6], other_id .. FRESH_SEPARATOR .. other[2]) end
     return {"exists", other_id}
   end
 end
@@ -33,10 +33,9 @@ if limit > 0 and redis.call("SCARD", KEYS[4]) >= limit then
   -- Members normally leave when their job ends (transition.lua); this drops any whose record is
   -- gone or over another way (forgotten, expired), so a stray member cannot eat the quota for good.
   -- It reads job keys it was not given: fine on one Redis, as bullmq's own scripts do.
-  local terminal = {COMPLETED = true, FAILED = true, CANCELLED = true}
   for _, member in ipairs(redis.call("SMEMBERS", KEYS[4])) do
-    local state = redis.call("HGET", ARGV[10] .. member, "state")
-    if not state or terminal[state] then redis.call("SREM", KEYS[4], member) end
+    local state = redis.call("HGET", ARGV[10] .. member, F.STATE)
+    if not state or TERMINAL[state] then redis.call("SREM", KEYS[4], member) end
   end
   local active = redis.call("SCARD", KEYS[4])
   if active >= limit then return {"quota", tostring(active)} end
@@ -44,21 +43,21 @@ end
 
 local record = cjson.decode(ARGV[8])
 local fields = {}
-local event = {ev = "STATE_CHANGED"}
+local event = {[F.EVENT] = EVENT_TYPE.STATE_CHANGED}
 for name, value in pairs(record) do
   fields[#fields + 1] = name
   fields[#fields + 1] = value
-  if name ~= "file_ids" then event[name] = value end
+  if not PRIVATE[name] then event[name] = value end
 end
 redis.call("HSET", KEYS[1], unpack(fields))
-redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[4], "1-0", "e", cjson.encode(event))
+redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[4], "1-0", EVENT_ENTRY_FIELD, cjson.encode(event))
 redis.call("ZADD", KEYS[3], 0, ARGV[5])
 -- Forget index entries older than any job can still be remembered.
 redis.call("ZREMRANGEBYLEX", KEYS[3], "-", "(" .. ARGV[6])
 redis.call("SADD", KEYS[4], job_id)
 redis.call("ZADD", KEYS[5], ARGV[7], job_id)
-redis.call("RPUSH", KEYS[6], job_id .. " " .. record.priority)
+redis.call("RPUSH", KEYS[6], job_id .. FRESH_SEPARATOR .. record[F.PRIORITY])
 if with_request_id then
-  redis.call("SET", KEYS[7], job_id .. " " .. fingerprint, "EX", ARGV[3])
+  redis.call("SET", KEYS[7], job_id .. IDEMPOTENCY_SEPARATOR .. fingerprint, "EX", ARGV[3])
 end
 return {"created"}

@@ -8,7 +8,7 @@
 -- because its reply was lost (a client repeats a command when the connection drops) finds its call
 -- key and answers 1 again.
 if redis.call("EXISTS", KEYS[6]) == 1 then return 1 end
-local job = redis.call("HMGET", KEYS[1], "created_ms", "tenant", "tenant_key", "request_id", "artifact_key")
+local job = redis.call("HMGET", KEYS[1], F.CREATED_MS, F.TENANT, F.TENANT_KEY, F.REQUEST_ID, F.ARTIFACT_KEY)
 local created, tenant, tenant_key, request_id, artifact = job[1], job[2], job[3], job[4], job[5]
 if not created then
   -- Only a tombstone may be left: forget it too, if it is the caller's.
@@ -18,13 +18,13 @@ if not created then
 end
 if ARGV[3] ~= "" and tenant ~= ARGV[3] then return 0 end
 redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
-redis.call("ZREM", tenant_key .. ":jobs", string.format("%013d:%s", tonumber(created), ARGV[1]))
-redis.call("SREM", tenant_key .. ":active", ARGV[1])
+redis.call("ZREM", tenant_key .. INDEX_SUFFIX, string.format(INDEX_MEMBER_FORMAT, tonumber(created), ARGV[1]))
+redis.call("SREM", tenant_key .. ACTIVE_SUFFIX, ARGV[1])
 redis.call("ZREM", KEYS[4], ARGV[1])
 if request_id and request_id ~= "" then
-  local idem_key = tenant_key .. ":idem:" .. request_id
+  local idem_key = tenant_key .. IDEMPOTENCY_SUFFIX .. request_id
   local idem = redis.call("GET", idem_key)
-  if idem and string.sub(idem, 1, #ARGV[1] + 1) == ARGV[1] .. " " then redis.call("DEL", idem_key) end
+  if idem and string.sub(idem, 1, #ARGV[1] + 1) == ARGV[1] .. IDEMPOTENCY_SEPARATOR then redis.call("DEL", idem_key) end
 end
 redis.call("ZADD", KEYS[5], ARGV[2], artifact)
 redis.call("SET", KEYS[6], 1, "EX", 120)

@@ -10,8 +10,7 @@
 --       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), call, field, value, ...
 -- Returns {"ok", seq, payload[, file_ids on a claim]} | {"missing"} | {"finished", state} | {"fenced"}
 -- Another tenant's job is "missing": callers cannot tell it from one that does not exist.
-local terminal = {COMPLETED = true, FAILED = true, CANCELLED = true}
-local current = redis.call("HMGET", KEYS[1], "state", "tenant", "call", "seq")
+local current = redis.call("HMGET", KEYS[1], F.STATE, F.TENANT, F.CALL, F.SEQ)
 local state = current[1]
 if not state then return {"missing"} end
 if ARGV[10] ~= "" and current[2] ~= ARGV[10] then return {"missing"} end
@@ -20,7 +19,7 @@ local expect_token, claim_token, call = ARGV[5], ARGV[6], ARGV[11]
 local function answer(seq, payload)
   if claim_token ~= "" then
     -- The claiming worker needs the file ids next: saves it a round trip.
-    return {"ok", seq, payload, redis.call("HGET", KEYS[1], "file_ids")}
+    return {"ok", seq, payload, redis.call("HGET", KEYS[1], F.FILE_IDS)}
   end
   return {"ok", seq, payload}
 end
@@ -30,47 +29,46 @@ if current[3] == call then
   -- reply, though it may have run. It answers as it did, from the event it wrote, and changes nothing.
   local seq = tonumber(current[4])
   local written = redis.call("XRANGE", KEYS[2], seq .. "-0", seq .. "-0")
-  return answer(seq, written[1] and written[1][2][2] or "")
+  return answer(seq, written[1] and written[1][2][2] or "")  -- the entry's one field
 end
-if terminal[state] then return {"finished", state} end
-if expect_token ~= "" and redis.call("HGET", KEYS[1], "token") ~= expect_token then
+if TERMINAL[state] then return {"finished", state} end
+if expect_token ~= "" and redis.call("HGET", KEYS[1], F.TOKEN) ~= expect_token then
   return {"fenced"}
 end
 
-local fields = {"updated_ms", ARGV[1], "call", call}
+local fields = {F.UPDATED_MS, ARGV[1], F.CALL, call}
 local new_state = nil
 for i = 12, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
-  if ARGV[i] == "state" then new_state = ARGV[i + 1] end
+  if ARGV[i] == F.STATE then new_state = ARGV[i + 1] end
 end
 if claim_token ~= "" then
   -- A worker takes the job: a new attempt, fenced by its own token; the first start time stays.
-  redis.call("HINCRBY", KEYS[1], "attempts", 1)
-  redis.call("HSETNX", KEYS[1], "started_ms", ARGV[1])
-  fields[#fields + 1] = "token"
+  redis.call("HINCRBY", KEYS[1], F.ATTEMPTS, 1)
+  redis.call("HSETNX", KEYS[1], F.STARTED_MS, ARGV[1])
+  fields[#fields + 1] = F.TOKEN
   fields[#fields + 1] = claim_token
 end
-local seq = redis.call("HINCRBY", KEYS[1], "seq", 1)
+local seq = redis.call("HINCRBY", KEYS[1], F.SEQ, 1)
 redis.call("HSET", KEYS[1], unpack(fields))
 
 local all = redis.call("HGETALL", KEYS[1])
-local event = {ev = ARGV[4]}
-local private = {file_ids = true, token = true, call = true}
+local event = {[F.EVENT] = ARGV[4]}
 for i = 1, #all, 2 do
   local k = all[i]
-  if not private[k] then event[k] = all[i + 1] end
+  if not PRIVATE[k] then event[k] = all[i + 1] end
 end
 local payload = cjson.encode(event)
-redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[2], seq .. "-0", "e", payload)
-redis.call("PUBLISH", ARGV[3], ARGV[9] .. "\n" .. payload)
-if new_state and terminal[new_state] then
+redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[2], seq .. "-0", EVENT_ENTRY_FIELD, payload)
+redis.call("PUBLISH", ARGV[3], ARGV[9] .. CHANNEL_SEPARATOR .. payload)
+if new_state and TERMINAL[new_state] then
   redis.call("EXPIRE", KEYS[1], ARGV[7])
   redis.call("EXPIRE", KEYS[2], ARGV[7])
-  local owner = redis.call("HMGET", KEYS[1], "tenant", "tenant_key", "artifact_key")
+  local owner = redis.call("HMGET", KEYS[1], F.TENANT, F.TENANT_KEY, F.ARTIFACT_KEY)
   redis.call("SET", KEYS[3], owner[1], "EX", ARGV[8])
   redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, owner[3])
-  redis.call("SREM", owner[2] .. ":active", ARGV[9])
+  redis.call("SREM", owner[2] .. ACTIVE_SUFFIX, ARGV[9])
   redis.call("ZREM", KEYS[5], ARGV[9])
 end
 return answer(seq, payload)

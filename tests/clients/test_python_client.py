@@ -89,7 +89,7 @@ async def test_a_failed_job_raises_job_failed_with_its_reason(client) -> None:  
     with pytest.raises(JobFailed) as failed:
         await client.wait(job.job_id)
     assert isinstance(failed.value, LonghaulError) and failed.value.code == grpc.StatusCode.ABORTED
-    assert failed.value.job.error.code == "ALL_FILES_MISSING"
+    assert failed.value.job.error.code == pb.JOB_ERROR_CODE_ALL_FILES_MISSING
     assert "ALL_FILES_MISSING" in str(failed.value)
 
 

@@ -77,7 +77,7 @@ async def test_a_job_that_keeps_killing_its_workers_fails_and_says_so(make_stack
         workers.append(start_worker(stack, work_dir, "survivor"))
         done = await wait_done(stack.stub, job.job_id)
         assert done.state == pb.JOB_STATE_FAILED
-        assert done.error.code == "TOO_MANY_ATTEMPTS"
+        assert done.error.code == pb.JOB_ERROR_CODE_TOO_MANY_ATTEMPTS
         assert "gave up after 2 attempts" in done.error.message
     finally:
         for worker in workers:
@@ -178,7 +178,7 @@ async def test_an_s3_outage_mid_job_is_retried_with_backoff_and_the_job_complete
             seen_retry = status
         await asyncio.sleep(0.05)
     assert seen_retry is not None, "the failure was not turned into a scheduled retry"
-    assert seen_retry.error.code == "STORAGE_UNAVAILABLE" and seen_retry.error.retryable
+    assert seen_retry.error.code == pb.JOB_ERROR_CODE_STORAGE_UNAVAILABLE and seen_retry.error.retryable
     assert seen_retry.next_attempt_time.ToMilliseconds() > seen_retry.update_time.ToMilliseconds() - 1
     assert "retrying in" in seen_retry.message
 
@@ -199,7 +199,7 @@ async def test_a_stuck_attempt_is_stopped_retried_and_then_failed(make_stack) ->
     job = await initiate(stack.stub, SMALL_IDS[:1])
     done = await wait_done(stack.stub, job.job_id, timeout_s=15)
     assert done.state == pb.JOB_STATE_FAILED
-    assert done.error.code == "ATTEMPT_TIMEOUT" and done.attempts == 2
+    assert done.error.code == pb.JOB_ERROR_CODE_ATTEMPT_TIMEOUT and done.attempts == 2
     assert done.error.message.startswith("gave up after 2 attempts") and "s limit" in done.error.message
     assert stack.workers[0]._running == {}  # noqa: SLF001 - nothing is left running
 

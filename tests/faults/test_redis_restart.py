@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +19,11 @@ from devstack.services import start_redis
 from longhaul.download.v1 import download_pb2 as pb
 from jobs.keys import Keys
 from jobs.tenants import tenant_slug
+from tests import credentials
 from tests.conftest import SMALL_IDS
 from tests.credentials import TENANT
-from tests.helpers import TERMINAL, check_archive, initiate, wait_done, wait_running_on
+from longhaul_client import TERMINAL_STATES
+from tests.helpers import check_archive, initiate, wait_done, wait_running_on
 
 
 class RestartableRedis:
@@ -137,7 +142,7 @@ async def test_no_job_is_left_running_when_redis_is_killed_mid_run(own_redis, ma
     await asyncio.sleep(down_s)
     await asyncio.to_thread(own_redis.start)
 
-    states = await _until(lambda states: all(s in TERMINAL for s in states), stack, jobs, 60)
+    states = await _until(lambda states: all(s in TERMINAL_STATES for s in states), stack, jobs, 60)
     assert states == [pb.JOB_STATE_COMPLETED] * len(jobs), states
     async with Redis.from_url(stack.settings.redis_url, decode_responses=True) as redis:
         active = await redis.smembers(Keys(stack.settings.redis_prefix).active(tenant_slug(TENANT)))
@@ -159,3 +164,17 @@ async def _until(done, stack, jobs: list[pb.Job], timeout_s: float) -> list[int]
                 return states
         await asyncio.sleep(0.2)
     raise AssertionError(f"not reached within {timeout_s} s: {[pb.JobState.Name(s) for s in states]}")
+
+
+async def test_the_file_link_while_redis_is_down_is_503_like_the_rest_of_the_api(own_redis, make_stack) -> None:
+    stack = await make_stack(workers=0, redis_url=f"redis://127.0.0.1:{own_redis.port}/0")
+    job = await initiate(stack.stub, SMALL_IDS[:1])
+    await asyncio.to_thread(own_redis.stop)
+    url = f"http://127.0.0.1:{stack.server.http_port}/v1/download/{job.job_id}/file"
+    request = urllib.request.Request(url, headers=dict(credentials.bearer(credentials.TOKEN)))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await asyncio.to_thread(urllib.request.urlopen, request, timeout=60)
+    assert refused.value.code == 503
+    body = json.loads(refused.value.read())
+    assert body == {"code": grpc.StatusCode.UNAVAILABLE.value[0], "message": "the job store (Redis) is unreachable; retry shortly"}
+    await asyncio.to_thread(own_redis.start)

@@ -99,7 +99,7 @@ async def test_missing_files_are_listed_not_dropped(stack) -> None:
 async def test_all_files_missing_is_a_clear_failure(stack) -> None:
     done = await wait_done(stack.stub, (await initiate(stack.stub, MISSING_IDS)).job_id)
     assert done.state == pb.JOB_STATE_FAILED
-    assert done.error.code == "ALL_FILES_MISSING"
+    assert done.error.code == pb.JOB_ERROR_CODE_ALL_FILES_MISSING
     assert "none of the 2 requested files exist" in done.error.message
     assert done.error.retryable is False
     assert not done.HasField("result")

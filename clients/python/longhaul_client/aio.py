@@ -20,9 +20,8 @@ from longhaul_client.download import fetch_to_file
 from longhaul_client.errors import LonghaulError, Unavailable, from_rpc_error, job_error
 
 DEFAULT_TARGET = "127.0.0.1:8080"  # Envoy, which also speaks native gRPC
-TERMINAL_STATES = frozenset(
-    {pb.JOB_STATE_COMPLETED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED, pb.JOB_STATE_EXPIRED}
-)
+# The states a job never leaves, as the contract marks them (the `terminal` option).
+TERMINAL_STATES = frozenset(v.number for v in pb.JobState.DESCRIPTOR.values if v.GetOptions().Extensions[pb.terminal])
 PRIORITIES = {"low": pb.PRIORITY_LOW, "normal": pb.PRIORITY_NORMAL, "high": pb.PRIORITY_HIGH}
 
 # Unary calls that fail with UNAVAILABLE (a server restarting, a replica going away) are retried by

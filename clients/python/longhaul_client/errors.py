@@ -121,10 +121,18 @@ def _add_details(error: LonghaulError, status: status_pb2.Status) -> None:
             error.retry_after_s = retry.retry_delay.ToTimedelta().total_seconds()
 
 
+def error_code(job: pb.Job) -> str:
+    """The job's error code as people read it (ALL_FILES_MISSING); "" when it has none."""
+    if not job.error.code:
+        return ""
+    name = pb.JobErrorCode.Name(job.error.code) if job.error.code in pb.JobErrorCode.values() else str(job.error.code)
+    return name.removeprefix("JOB_ERROR_CODE_")
+
+
 def job_error(job: pb.Job) -> JobError | None:
     """The error `wait()` raises for a job that ended without a result, or None if it completed."""
     if job.state == pb.JOB_STATE_FAILED:
-        reason = f"{job.error.code}: {job.error.message}" if job.error.code else job.message
+        reason = f"{error_code(job)}: {job.error.message}" if job.error.code else job.message
         return JobFailed(job, f"job {job.job_id} failed: {reason}")
     if job.state == pb.JOB_STATE_CANCELLED:
         return JobCancelled(job, f"job {job.job_id} was cancelled")

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from longhaul.download.v1 import download_pb2 as pb
+from longhaul_client.errors import error_code
 
 
 def _name(enum: object, value: int, prefix: str) -> str:
@@ -39,7 +40,7 @@ class JobView:
         if job.HasField("estimated_time_remaining"):
             detail += f" · {job.estimated_time_remaining.ToTimedelta().total_seconds():.0f} s left"
         if job.state == pb.JOB_STATE_QUEUED and job.error.code:
-            detail += f" · retrying ({job.error.code})"
+            detail += f" · retrying ({error_code(job)})"
         phase = _name(pb.JobPhase, job.phase, "JOB_PHASE_")
         if self._job_task is None:
             self._job_task = self._progress.add_task(phase, total=100, detail=detail)
@@ -70,7 +71,7 @@ class JobView:
             f"attempts  {job.attempts}",
         ]
         if job.error.code:
-            lines.append(f"error     {job.error.code}: {job.error.message}")
+            lines.append(f"error     {error_code(job)}: {job.error.message}")
         if job.HasField("result"):
             result = job.result
             lines += [

@@ -4,7 +4,7 @@ import { fromJson, toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { setToken, takeTokenFromLink, token, withToken } from "./credentials";
-import { DownloadService, JobPhase, JobSchema, JobState, type Job } from "./gen/longhaul/download/v1/download_pb";
+import { DownloadService, JobErrorCode, JobPhase, JobSchema, JobState, type Job } from "./gen/longhaul/download/v1/download_pb";
 import { load, store, type Saved } from "./saved";
 import { TERMINAL, watchJob } from "./watch";
 
@@ -163,7 +163,7 @@ class Download {
     this.detail.textContent = parts.join(" · ");
 
     let message = this.connection || job?.message || "";
-    if (job?.state === JobState.FAILED && job.error) message = `Failed: ${job.error.message} (${job.error.code})`;
+    if (job?.state === JobState.FAILED && job.error) message = `Failed: ${job.error.message} (${JobErrorCode[job.error.code]})`;
     this.message.textContent = message;
     this.message.classList.toggle("error", job?.state === JobState.FAILED || this.connection !== "");
 

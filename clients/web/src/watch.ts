@@ -3,9 +3,13 @@
 
 import type { Client } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { DownloadService, EventType, JobState, type Job } from "./gen/longhaul/download/v1/download_pb";
+import { getOption } from "@bufbuild/protobuf";
+import { DownloadService, EventType, JobStateSchema, terminal, type Job, type JobState } from "./gen/longhaul/download/v1/download_pb";
 
-export const TERMINAL = new Set([JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED]);
+// The states a job never leaves, as the contract marks them (the `terminal` option).
+export const TERMINAL: ReadonlySet<JobState> = new Set(
+  JobStateSchema.values.filter((value) => getOption(value, terminal)).map((value) => value.number),
+);
 
 // Anything but a definite answer about the request itself is worth a reconnect.
 const FINAL_CODES = new Set([Code.InvalidArgument, Code.NotFound, Code.PermissionDenied, Code.Unauthenticated]);
