@@ -84,8 +84,12 @@ test: install lint $(VENV)/.browser
 bench: install
 	$(PY) -m bench
 
-lint: $(INSTALLED)
+# The protos (buf), every Python file (ruff), and the types of the service and the Python client (mypy,
+# which reads the generated code's stubs). Settings in buf.yaml and pyproject.toml.
+lint: $(GENERATED)
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
-	rm -rf gen .data .pytest_cache $(WEB)/dist $(WEB)/src/gen
+	rm -rf gen .data .pytest_cache .mypy_cache .ruff_cache $(WEB)/dist $(WEB)/src/gen

@@ -34,7 +34,9 @@ class Sizes:
     rounds: int
 
 
-FULL = Sizes(5.0, watched_jobs=1_000, idle_streams=10_000, start_samples=100, queue_jobs=3_000, small_mb=10, large_mb=1_000, rounds=3)
+FULL = Sizes(
+    5.0, watched_jobs=1_000, idle_streams=10_000, start_samples=100, queue_jobs=3_000, small_mb=10, large_mb=1_000, rounds=3
+)
 SMOKE = Sizes(0.5, watched_jobs=20, idle_streams=40, start_samples=5, queue_jobs=50, small_mb=1, large_mb=20, rounds=1)
 
 BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {

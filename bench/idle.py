@@ -7,7 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from bench.env import BenchEnv, TENANT
+from bench.env import TENANT, BenchEnv
 from bench.report import Row
 from bench.watchers import WatcherPool
 from jobs.connections import redis_client

@@ -10,7 +10,7 @@ import random
 import time
 import uuid
 
-from bench.env import BenchEnv, TENANT
+from bench.env import TENANT, BenchEnv
 from bench.report import Row, percentile
 from bench.watchers import WatcherPool, stamp
 from jobs.connections import redis_client
@@ -92,7 +92,8 @@ def run(env: BenchEnv, jobs: int, duration_s: float) -> list[Row]:
         Row(
             f"progress write -> watcher has it, {jobs:,} jobs watched, each 1 update/s",
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(pushed):,} of {written:,} events)",
-            f"polling every {POLL_INTERVAL_S:.0f} s: p50 {poll_p50:.0f} ms, sees {len(polled) / max(polled_written, 1):.0%} of changes",
+            f"polling every {POLL_INTERVAL_S:.0f} s: p50 {poll_p50:.0f} ms, "
+            f"sees {len(polled) / max(polled_written, 1):.0%} of changes",
             f"{poll_p50 / p50:,.0f} x sooner",
             "p50 < 5 ms, p99 < 50 ms",
             p50 < 5 and p99 < 50,

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from bench.env import BenchEnv, TENANT
+from bench.env import TENANT, BenchEnv
 from bench.report import Row, median, percentile
 from devstack.seed import seed_sources
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
@@ -18,7 +18,6 @@ from jobs.model import F
 from jobs.queue import JobQueue
 from jobs.store import JobStore
 from worker.relay import Relay
-
 
 
 class EventTap:
@@ -94,7 +93,16 @@ async def _noop_rate(env: BenchEnv, count: int) -> float:
 
 def _bullmq_rate(env: BenchEnv, count: int) -> float:
     s = env.settings
-    argv = [sys.executable, "-m", "bench.bullmq_noop", s.redis_url, "bench-baseline", "noop", str(count), str(s.worker_concurrency)]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.bullmq_noop",
+        s.redis_url,
+        "bench-baseline",
+        "noop",
+        str(count),
+        str(s.worker_concurrency),
+    ]
     reply = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
     return json.loads(reply.stdout)["jobs_per_s"]
 

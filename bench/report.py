@@ -37,6 +37,6 @@ def table(rows: list[Row]) -> str:
         (r.what, r.ours, r.baseline, r.ratio, r.target, {True: "yes", False: "NO", None: "-"}[r.met]) for r in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells]
+    lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(lines)

@@ -26,18 +26,18 @@ import redis
 
 from devstack.processes import ManagedProcess, ProcessFailed, port_holder, port_open
 from devstack.restarts import RestartPolicy
-from server.apikeys import entry_line, key_id_of, new_key
 from devstack.seed import SEED_FILE_IDS, seed_sources
 from devstack.services import ROOT, envoy_config, python_process, start_envoy, start_redis, start_seaweedfs
 from jobs.connections import s3_client_kwargs, s3_session
 from jobs.logs import setup_logging
 from jobs.settings import Settings
+from server.apikeys import entry_line, key_id_of, new_key
 
 log = logging.getLogger("devstack")
 
 
 class Stack:
-    def __init__(self, settings: Settings, data_dir: Path, workers: int, envoy_port: int, envoy_admin_port: int):
+    def __init__(self, settings: Settings, data_dir: Path, workers: int, envoy_port: int, envoy_admin_port: int) -> None:
         self.settings = settings
         self.data_dir = data_dir
         self.log_dir = data_dir / "logs"

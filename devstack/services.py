@@ -114,12 +114,19 @@ def envoy_config(
     return config
 
 
+HSTS = "max-age=31536000; includeSubDomains"
+
+
 def envoy_tls(config: dict, cert_file: Path, key_file: Path, upstream_ca_file: Path | None = None) -> dict:
-    """Turns on TLS at Envoy's listener (cert and key, ALPN h2 and http/1.1) and, with
-    `upstream_ca_file`, from Envoy to the servers too (servers started with TLS_CERT_FILE/KEY_FILE)."""
+    """Turns on TLS at Envoy's listener (cert and key, ALPN h2 and http/1.1, and HSTS so that browsers
+    keep to https) and, with `upstream_ca_file`, from Envoy to the servers too (servers started with
+    TLS_CERT_FILE/KEY_FILE)."""
     tls = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
     certificate = {"certificate_chain": {"filename": str(cert_file)}, "private_key": {"filename": str(key_file)}}
     listener = config["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    for host in manager["route_config"]["virtual_hosts"]:
+        host["response_headers_to_add"].append({"header": {"key": "strict-transport-security", "value": HSTS}})
     listener["filter_chains"][0]["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {

@@ -8,6 +8,7 @@ JOB_STATE_QUEUED), so Redis stays readable and the server maps them to the contr
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any, cast
 
 from longhaul.download.v1 import download_pb2 as pb
 
@@ -21,11 +22,12 @@ class State(StrEnum):
     EXPIRED = "EXPIRED"
 
 
-# The contract marks them (the `terminal` option on JobState's values).
+# The contract marks them (the `terminal` option on JobState's values; Any: the generated stubs type
+# the extension as a plain field).
 TERMINAL_STATES = frozenset(
-    State(value.name.removeprefix("JOB_STATE_"))
-    for value in pb.JobState.DESCRIPTOR.values
-    if value.GetOptions().Extensions[pb.terminal]
+    State(v.name.removeprefix("JOB_STATE_"))
+    for v in pb.JobState.DESCRIPTOR.values
+    if cast(Any, v.GetOptions()).Extensions[pb.terminal]
 )
 
 

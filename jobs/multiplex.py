@@ -16,6 +16,7 @@ each is retried like redis-py does (a few times with backoff) on a fresh connect
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import hashlib
 import ssl
@@ -138,7 +139,7 @@ async def open_protocol(
     its database."""
     try:
         return await asyncio.wait_for(_open_protocol(options, on_lost, on_push), timeout_s)
-    except asyncio.TimeoutError as error:  # the built-in one, not redis's (imported above)
+    except builtins.TimeoutError as error:  # the built-in one, not redis's (imported above)
         raise TimeoutError(f"no connection to Redis within {timeout_s:g} s") from error
 
 
@@ -206,7 +207,7 @@ class MultiplexedRedis:
 
     async def hgetall(self, key: str) -> dict[str, str]:
         flat = await self.execute_command("HGETALL", key)
-        return dict(zip(flat[::2], flat[1::2]))
+        return dict(zip(flat[::2], flat[1::2], strict=True))
 
     async def hget(self, key: str, field: str) -> str | None:
         return await self.execute_command("HGET", key, field)

@@ -11,6 +11,7 @@ import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -124,7 +125,7 @@ class Settings:
     def presign_endpoint(self) -> str:
         return self.s3_public_endpoint or self.s3_endpoint
 
-    def replace(self, **changes: object) -> Settings:
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def to_env(self) -> dict[str, str]:
@@ -135,7 +136,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Builds settings from environment variables (see ENV_VARS); unset ones keep defaults."""
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         for var, name in ENV_VARS.items():
             if var in environ and environ[var] != "":

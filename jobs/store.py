@@ -6,13 +6,14 @@ disagree, and each costs one round trip.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import itertools
 import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -25,7 +26,7 @@ from jobs.errors import (
     RunSuperseded,
 )
 from jobs.keys import EVENT_ENTRY_FIELD, Keys, index_member
-from jobs.model import PRIVATE_FIELDS, F, EventType, Phase, Priority, State
+from jobs.model import PRIVATE_FIELDS, EventType, F, Phase, Priority, State
 from jobs.multiplex import MultiplexedRedis
 from jobs.scripts import lua_script
 from jobs.settings import Settings
@@ -139,7 +140,8 @@ class JobStore:
     async def get(self, job_id: str, tenant: str | None, with_file_ids: bool = True) -> Fields:
         """The job record; an expired job reads as a stub in state EXPIRED. Another tenant's job is
         not found (tenant None: the caller is the service itself, e.g. a worker)."""
-        record = await self._commands.hgetall(self.keys.job(job_id))  # the tombstone only matters without it
+        # The tombstone only matters without the record. (Replies are str: decode_responses, connections.py.)
+        record = cast(Fields, await self._commands.hgetall(self.keys.job(job_id)))
         if record:
             if tenant is not None and record.get(F.TENANT) != tenant:
                 raise JobNotFound(job_id)
@@ -160,7 +162,7 @@ class JobStore:
         if after_seq >= latest:
             return []
         entries = await self.redis.xrange(self.keys.events(job_id), min=f"({after_seq}-0")
-        events = [json.loads(data[EVENT_ENTRY_FIELD]) for _, data in entries]
+        events = [json.loads(cast(Fields, data)[EVENT_ENTRY_FIELD]) for _, data in entries or ()]
         if not events or int(events[0][F.SEQ]) != after_seq + 1:
             return None
         return events
@@ -169,7 +171,7 @@ class JobStore:
         """The tenant's jobs, newest first. The page token is the index member of the last job returned."""
         index = self.keys.index(tenant_slug(tenant))
         upper = f"({page_token}" if page_token else "+"
-        members = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=page_size)
+        members = cast(builtins.list[str], await self.redis.zrevrangebylex(index, upper, "-", start=0, num=page_size))
         if not members:
             return [], ""
         job_ids = [m.split(":", 1)[1] for m in members]
@@ -180,7 +182,7 @@ class JobStore:
             replies = await pipe.execute()
         jobs: list[Fields] = []
         forgotten: list[str] = []
-        for member, job_id, record, gone in zip(members, job_ids, replies[::2], replies[1::2]):
+        for member, job_id, record, gone in zip(members, job_ids, replies[::2], replies[1::2], strict=True):
             if record:
                 jobs.append(_without(PRIVATE_FIELDS, record))
             elif gone:
@@ -275,9 +277,9 @@ class JobStore:
         claim_token: str = "",
         expect_tenant: str = "",
         call: str = "",
-    ) -> list[Any]:
+    ) -> builtins.list[Any]:
         s = self.settings
-        args: list[Any] = [
+        args: builtins.list[Any] = [
             now_ms(),
             s.event_history_len,
             self.keys.events_channel,

@@ -35,7 +35,7 @@ class Gatekeeper(PerMethodInterceptor):
         self._limiter = limiter
         self._prefixes = tuple(f"/{service}/" for service in services)
 
-    def adapt(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def adapt(self, method: str, handler: Any) -> grpc.RpcMethodHandler:
         if not method.startswith(self._prefixes):
             return handler  # health and reflection stay open
         if handler.unary_unary is not None:

@@ -19,9 +19,9 @@ from jobs.settings import Settings
 from jobs.store import JobStore
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server import operations
-from server.convert import Presigner
 from server.access import Gatekeeper
 from server.auth import Authenticator
+from server.convert import Presigner
 from server.decoding import TolerantDecoding
 from server.health import HealthMonitor
 from server.http import HttpSide

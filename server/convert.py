@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from typing import Any, cast
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,9 +26,9 @@ _EVENT_TYPES = {
 }
 _PRIORITIES = {"LOW": pb.PRIORITY_LOW, "NORMAL": pb.PRIORITY_NORMAL, "HIGH": pb.PRIORITY_HIGH}
 # Looked up per conversion: a dict is several times cheaper than the enum wrapper's Value().
-_STATES = {name.removeprefix("JOB_STATE_"): value for name, value in pb.JobState.items()}
-_PHASES = {name.removeprefix("JOB_PHASE_"): value for name, value in pb.JobPhase.items()}
-_ERROR_CODES = {name.removeprefix("JOB_ERROR_CODE_"): value for name, value in pb.JobErrorCode.items()}
+_STATES = {name.removeprefix("JOB_STATE_"): cast("pb.JobState", value) for name, value in pb.JobState.items()}
+_PHASES = {name.removeprefix("JOB_PHASE_"): cast("pb.JobPhase", value) for name, value in pb.JobPhase.items()}
+_ERROR_CODES = {name.removeprefix("JOB_ERROR_CODE_"): cast("pb.JobErrorCode", value) for name, value in pb.JobErrorCode.items()}
 _TIMESTAMPS = (
     ("create_time", F.CREATED_MS),
     ("start_time", F.STARTED_MS),
@@ -45,7 +46,8 @@ class Presigner:
         self._ttl_s = settings.presign_ttl_s
         self._bucket = settings.artifact_bucket
         kwargs = s3_client_kwargs(settings, endpoint=settings.presign_endpoint)
-        self._client = botocore_session().create_client("s3", **kwargs)
+        # Any: botocore adds generate_presigned_url to clients at runtime, unknown to its stubs.
+        self._client: Any = botocore_session().create_client("s3", **kwargs)
 
     def url(self, key: str, file_name: str, not_after_ms: int = 0) -> tuple[str, int]:
         """(URL, expiry in epoch ms). The URL lives `presign_ttl_s`, but never past `not_after_ms`
@@ -112,7 +114,7 @@ def _result(stored: dict, presigner: Presigner, not_after_ms: int) -> pb.Downloa
     files = [
         pb.FileOutcome(
             file_id=f["file_id"],
-            status=pb.FileStatus.Value("FILE_STATUS_" + f["status"]),
+            status=cast("pb.FileStatus", pb.FileStatus.Value("FILE_STATUS_" + f["status"])),
             size_bytes=f["size_bytes"],
             entry_name=f["entry_name"],
         )
@@ -131,5 +133,5 @@ def _result(stored: dict, presigner: Presigner, not_after_ms: int) -> pb.Downloa
     )
 
 
-def event_type(fields: Mapping[str, str]) -> int:
+def event_type(fields: Mapping[str, str]) -> pb.EventType:
     return _EVENT_TYPES[fields.get(F.EVENT, "PROGRESS")]

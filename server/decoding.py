@@ -32,7 +32,7 @@ class TolerantDecoding(PerMethodInterceptor):
         super().__init__()
         self._prefixes = tuple(f"/{service}/" for service in services)
 
-    def adapt(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def adapt(self, method: str, handler: Any) -> grpc.RpcMethodHandler:
         if handler.request_deserializer is None or not method.startswith(self._prefixes):
             return handler
         return handler._replace(request_deserializer=_tolerant(handler.request_deserializer, method))

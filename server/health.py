@@ -49,7 +49,8 @@ class HealthMonitor:
     async def check(self) -> bool:
         results = await asyncio.gather(self._check_redis(), self._check_s3(), return_exceptions=True)
         self.checks = {
-            name: "ok" if result is True else f"error: {result}" for name, result in zip(("redis", "storage"), results)
+            name: "ok" if result is True else f"error: {result}"
+            for name, result in zip(("redis", "storage"), results, strict=True)
         }
         healthy = self.healthy = results[0] is True
         self.degraded = healthy and results[1] is not True

@@ -29,7 +29,6 @@ from server.errors import HTTP_STATUS, error_headers, error_status
 from server.health import HealthMonitor
 from server.ratelimit import RateLimiter
 
-
 WEB_DIR = Path(__file__).resolve().parents[1] / "clients" / "web" / "dist"
 # The page's files, and only these, are served: nothing else under the directory leaks.
 WEB_FILES = ("index.html", "app.js", "app.js.map", "style.css")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -16,9 +17,9 @@ class PerMethodInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         method = details.method
         if method in self._handlers:
             return self._handlers[method]
@@ -28,5 +29,7 @@ class PerMethodInterceptor(grpc.aio.ServerInterceptor):
         adapted = self._handlers[method] = self.adapt(method, handler)
         return adapted
 
-    def adapt(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def adapt(self, method: str, handler: Any) -> grpc.RpcMethodHandler:
+        """`handler` is grpc's RpcMethodHandler namedtuple (its stubs declare an abstract class
+        without `_replace`)."""
         raise NotImplementedError

@@ -12,8 +12,7 @@ import asyncio
 from typing import Any
 
 import grpc
-from google.longrunning import operations_pb2
-from google.longrunning import operations_pb2_grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 

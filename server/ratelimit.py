@@ -26,7 +26,6 @@ from jobs.multiplex import MultiplexedRedis
 from jobs.settings import Settings
 from jobs.tenants import tenant_slug
 
-
 # KEYS: the window's counter; ARGV: the lease. Returns the counter after it.
 _LEASE = """
 local count = redis.call("INCRBY", KEYS[1], ARGV[1])

@@ -179,7 +179,8 @@ class RecordCache:
         while True:
             lost = asyncio.get_running_loop().create_future()
             try:
-                protocol = await open_protocol(self._reads.options, lambda _: _set(lost), self._on_push)
+                # Called only while this iteration's protocol lives: `lost` is this iteration's.
+                protocol = await open_protocol(self._reads.options, lambda _: _set(lost), self._on_push)  # noqa: B023
                 try:
                     redirect_id = await protocol.send(pack(("CLIENT", "ID")))
                     await protocol.send(pack(("SUBSCRIBE", INVALIDATIONS)))

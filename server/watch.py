@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from jobs.errors import JobNotFound
 from jobs.keys import CHANNEL_SEPARATOR, Keys
-from jobs.model import F, TERMINAL_STATES, EventType, State
+from jobs.model import TERMINAL_STATES, EventType, F, State
 from jobs.store import Fields, JobStore
 from server.errors import ServerShuttingDown
 
@@ -159,7 +159,7 @@ async def follow(
             except TimeoutError:
                 latest = await store.latest_seq(job_id)
                 if not latest:
-                    raise JobNotFound(job_id)  # forgotten (DeleteOperation) while watched
+                    raise JobNotFound(job_id) from None  # forgotten (DeleteOperation) while watched
                 if latest <= last:
                     yield Update("HEARTBEAT", last, None)
                     continue

@@ -144,5 +144,5 @@ async def make_stack(settings: Settings) -> AsyncIterator:
 
 
 @pytest.fixture
-async def stack(make_stack) -> Stack:  # noqa: ANN001 - fixture factory
+async def stack(make_stack) -> Stack:
     return await make_stack()

@@ -20,7 +20,6 @@ from longhaul_client import TERMINAL_STATES
 from tests.credentials import TENANT
 
 
-
 async def initiate(
     stub: pb_grpc.DownloadServiceStub, file_ids: list[int], metadata: tuple = (), **fields: object
 ) -> pb.Job:
@@ -52,7 +51,7 @@ async def wait_state(stub: pb_grpc.DownloadServiceStub, job_id: str, state: int,
     return job
 
 
-async def wait_running_on(stack, job_id: str, not_on: str = "", timeout_s: float = 20) -> pb.Job:  # noqa: ANN001
+async def wait_running_on(stack, job_id: str, not_on: str = "", timeout_s: float = 20) -> pb.Job:
     """Until the job runs (a file done) on a worker other than `not_on`; returns it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -102,7 +102,7 @@ class SseReply:
     events: list[tuple[float, dict]] = field(default_factory=list)  # (arrival, parsed data)
 
 
-def sse(port: int, path: str, until=None, timeout_s: float = 20, token: str | None = TOKEN) -> SseReply:  # noqa: ANN001
+def sse(port: int, path: str, until=None, timeout_s: float = 20, token: str | None = TOKEN) -> SseReply:
     """Reads `data:` events until the server ends the stream or `until(event)` is true."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
@@ -123,7 +123,7 @@ def sse(port: int, path: str, until=None, timeout_s: float = 20, token: str | No
         connection.close()
 
 
-def rest(  # noqa: ANN201
+def rest(
     port: int, method: str, path: str, body: object = None, headers: dict | None = None, token: str | None = TOKEN
 ):
     """(status, headers, parsed JSON body or raw text) of one REST call, redirects not followed."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from jobs.model import F, TERMINAL_STATES, Priority, State
+from jobs.model import TERMINAL_STATES, F, Priority, State
 from jobs.queue import JobQueue
 from jobs.schedule import Schedule
 from jobs.settings import Settings
@@ -102,7 +102,9 @@ class Housekeeper:
                     pipe.hmget(keys.queue_job(queue, job_id), "timestamp", "finishedOn")
                 replies = await pipe.execute()
             over: list[str] = []
-            for job_id, (state, priority, token), (queued_ms, finished_ms) in zip(job_ids, replies[::2], replies[1::2]):
+            for job_id, (state, priority, token), (queued_ms, finished_ms) in zip(
+                job_ids, replies[::2], replies[1::2], strict=True
+            ):
                 if state is None or state in TERMINAL_STATES:
                     over.append(job_id)  # ended (or forgotten) since it was scheduled
                 elif queued_ms is None or finished_ms is not None:

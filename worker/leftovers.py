@@ -72,8 +72,14 @@ class LeftoverSweeper:
                 pipe.exists(keys.job(job_id))
                 pipe.zscore(keys.sweep, key)
             replies = await pipe.execute()
-        orphans = [key for (key, _), owned, scheduled in zip(ours, replies[::2], replies[1::2]) if not owned and scheduled is None]
+        orphans = [
+            key
+            for (key, _), owned, scheduled in zip(ours, replies[::2], replies[1::2], strict=True)
+            if not owned and scheduled is None
+        ]
         if orphans:
             reply = await self._s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in orphans], "Quiet": True})
-            log.warning("deleted %d artifacts that no job owns (their records were lost)", len(orphans) - len(reply.get("Errors", [])))
+            log.warning(
+                "deleted %d artifacts that no job owns (their records were lost)", len(orphans) - len(reply.get("Errors", []))
+            )
         return len(orphans)

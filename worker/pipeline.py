@@ -13,7 +13,7 @@ import json
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import IO, Any, cast
 
 from botocore.exceptions import ClientError
 
@@ -79,7 +79,8 @@ async def build_archive(
     sink = MultipartSink(s3, settings.artifact_bucket, key, settings.upload_part_size)
     await sink.start()
     try:
-        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        # A write-only stream (zipfile writes, tells and flushes; it never reads, seeks or closes it).
+        with zipfile.ZipFile(cast(IO[bytes], sink), "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for index, source in enumerate(found):
                 entry = await _add_file(s3, settings, archive, sink, source, progress)
                 if entry is not None:

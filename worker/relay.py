@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -55,7 +56,7 @@ class Relay:
         self._closing = True
         try:
             await self._redis.rpush(self._wake, "stop")
-        except Exception:  # noqa: BLE001 - Redis is away: the pop fails on its own
+        except Exception:
             log.debug("could not wake the relay", exc_info=True)
         await asyncio.wait([self._task], timeout=timeout_s)
         if self._batch:
@@ -65,7 +66,7 @@ class Relay:
             await asyncio.wait([self._task], timeout=1.0)
         try:
             await self._redis.delete(self._wake)
-        except Exception:  # noqa: BLE001 - nothing depends on it
+        except Exception:
             log.debug("could not delete the relay's wake key", exc_info=True)
 
     async def relay_waiting(self) -> int:
@@ -83,7 +84,7 @@ class Relay:
                 if self._batch or await self._take(block=True):
                     await self._send()
                 backoff_s = 0.05
-            except Exception:  # noqa: BLE001 - retried; the reconciler is the backstop
+            except Exception:
                 log.warning("relaying %d created jobs failed; retrying in %.2fs", len(self._batch), backoff_s, exc_info=True)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, _BACKOFF_CAP_S)
@@ -95,7 +96,7 @@ class Relay:
             popped = await self._redis.lmpop(1, self._fresh, direction="LEFT", count=_MAX_BATCH)
         if not popped or popped[0] == self._wake:
             return False
-        self._batch = [_parse(entry) for entry in popped[1]]
+        self._batch = [_parse(cast(str, entry)) for entry in popped[1]]
         return True
 
     async def _send(self) -> None:

@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
 from jobs.errors import RunSuperseded
-from jobs.model import F, ErrorCode, EventType, Phase, State
+from jobs.model import ErrorCode, EventType, F, Phase, State
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore, finish_fields

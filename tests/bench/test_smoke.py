@@ -10,7 +10,7 @@ import sys
 from devstack.services import ROOT
 
 
-def test_every_benchmark_runs_and_reports(tmp_path) -> None:  # noqa: ANN001
+def test_every_benchmark_runs_and_reports(tmp_path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--json", str(out)],

@@ -29,7 +29,7 @@ IDS = " ".join(map(str, SMALL_IDS[:3]))
 
 
 @pytest.fixture(scope="module")
-def gateway(base_settings, work_dir):  # noqa: ANN001, ANN201
+def gateway(base_settings, work_dir):
     """Jobs of 4 s: long enough to watch the bar move, reload and cancel mid-job."""
     started = start_gateway(base_settings, work_dir, delay_min_ms=4_000, delay_max_ms=4_000)
     yield started
@@ -45,7 +45,7 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser, gateway) -> Iterator[Page]:  # noqa: ANN001
+def page(browser: Browser, gateway) -> Iterator[Page]:
     context = browser.new_context(accept_downloads=True)  # fresh local storage per test
     page = context.new_page()
     page.goto(f"http://{gateway.address}/#token={TOKEN}")  # the sign-in link `make run` prints
@@ -58,7 +58,7 @@ def start(page: Page, ids: str) -> None:
     page.get_by_role("button", name="Start download").click()
 
 
-def card(page: Page, index: int = 0):  # noqa: ANN201
+def card(page: Page, index: int = 0):
     return page.locator("li.download").nth(index)
 
 
@@ -122,7 +122,7 @@ def test_several_downloads_at_once_and_cancel_one(page: Page) -> None:
     expect(newest.locator(".state")).to_have_text("Cancelled")
 
 
-def test_a_failure_shows_retry_and_retry_works(page: Page, gateway) -> None:  # noqa: ANN001
+def test_a_failure_shows_retry_and_retry_works(page: Page, gateway) -> None:
     file_id = 80_000_000 + random.randrange(1_000_000)  # not in S3 yet
     start(page, str(file_id))
     expect(card(page).locator(".state")).to_have_text("Failed", timeout=20_000)
@@ -154,7 +154,7 @@ def test_bad_input_is_explained(page: Page) -> None:
     expect(checks).to_contain_text(f"{MISSING_IDS[0]}: not found")
 
 
-def test_a_dropped_stream_reconnects_by_itself(page: Page, gateway) -> None:  # noqa: ANN001
+def test_a_dropped_stream_reconnects_by_itself(page: Page, gateway) -> None:
     start(page, IDS)
     expect(card(page).get_by_role("progressbar")).not_to_have_attribute("aria-valuenow", "0", timeout=10_000)
     gateway.envoy.kill()
@@ -163,7 +163,7 @@ def test_a_dropped_stream_reconnects_by_itself(page: Page, gateway) -> None:  # 
     expect(card(page).locator(".state")).to_have_text("Completed", timeout=30_000)
 
 
-def test_readable_on_a_phone_and_usable_by_keyboard(browser: Browser, gateway) -> None:  # noqa: ANN001
+def test_readable_on_a_phone_and_usable_by_keyboard(browser: Browser, gateway) -> None:
     context = browser.new_context(viewport={"width": 375, "height": 667}, is_mobile=True)
     page = context.new_page()
     page.goto(f"http://{gateway.address}/#token={TOKEN}")
@@ -185,7 +185,7 @@ def test_readable_on_a_phone_and_usable_by_keyboard(browser: Browser, gateway) -
     context.close()
 
 
-def test_without_a_key_the_page_says_so_and_a_typed_key_works(browser: Browser, gateway) -> None:  # noqa: ANN001
+def test_without_a_key_the_page_says_so_and_a_typed_key_works(browser: Browser, gateway) -> None:
     context = browser.new_context()
     page = context.new_page()
     page.goto(f"http://{gateway.address}/")

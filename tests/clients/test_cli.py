@@ -25,21 +25,21 @@ LONGHAUL = [sys.executable, "-m", "longhaul_client.cli"]
 ENV = {**os.environ, "LONGHAUL_TOKEN": TOKEN}
 
 
-def longhaul(gateway, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
+def longhaul(gateway, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*LONGHAUL, *args, "--target", gateway.address], capture_output=True, text=True, timeout=timeout_s, env=ENV
     )
 
 
 @pytest.fixture(scope="module")
-def slow_gateway(base_settings, work_dir):  # noqa: ANN001, ANN201
+def slow_gateway(base_settings, work_dir):
     """Jobs of 5 s: long enough to interrupt and to drop streams under."""
     started = start_gateway(base_settings, work_dir, delay_min_ms=5_000, delay_max_ms=5_000)
     yield started
     stop_gateway(started)
 
 
-def test_download_watches_then_saves_the_archive(slow_gateway, tmp_path) -> None:  # noqa: ANN001
+def test_download_watches_then_saves_the_archive(slow_gateway, tmp_path) -> None:
     out = tmp_path / "out.zip"
     result = longhaul(slow_gateway, "download", *map(str, SMALL_IDS[:3]), "-o", str(out))
     assert result.returncode == 0, result.stderr
@@ -49,7 +49,7 @@ def test_download_watches_then_saves_the_archive(slow_gateway, tmp_path) -> None
     assert "100.0 %" in result.stderr and "3/3 files" in result.stderr and "out.zip" in result.stderr
 
 
-def test_json_output_is_one_document_and_the_exit_code_says_how_it_ended(slow_gateway, tmp_path) -> None:  # noqa: ANN001
+def test_json_output_is_one_document_and_the_exit_code_says_how_it_ended(slow_gateway, tmp_path) -> None:
     out = tmp_path / "j.zip"
     result = longhaul(slow_gateway, "download", str(SMALL_IDS[0]), "-o", str(out), "--json")
     assert result.returncode == 0, result.stderr
@@ -65,13 +65,13 @@ def test_json_output_is_one_document_and_the_exit_code_says_how_it_ended(slow_ga
     assert longhaul(slow_gateway, "check", str(MISSING_IDS[0])).returncode == 3
 
 
-def test_a_failed_job_exits_1_with_the_reason(slow_gateway) -> None:  # noqa: ANN001
+def test_a_failed_job_exits_1_with_the_reason(slow_gateway) -> None:
     result = longhaul(slow_gateway, "download", *map(str, MISSING_IDS))
     assert result.returncode == 1
     assert "ALL_FILES_MISSING" in result.stderr and "none of the 2 requested files exist" in result.stderr
 
 
-def test_bad_input_and_unknown_jobs_have_their_own_exit_codes(slow_gateway) -> None:  # noqa: ANN001
+def test_bad_input_and_unknown_jobs_have_their_own_exit_codes(slow_gateway) -> None:
     bad = longhaul(slow_gateway, "status", "not-a-job-id")
     assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr
     unknown = longhaul(slow_gateway, "status", str(uuid.uuid4()))
@@ -86,7 +86,7 @@ def test_bad_input_and_unknown_jobs_have_their_own_exit_codes(slow_gateway) -> N
     assert no_key.returncode == 6 and "UNAUTHENTICATED" in no_key.stderr and "no credentials" in no_key.stderr
 
 
-def _start_download(gateway, *extra: str) -> tuple[subprocess.Popen[str], str]:  # noqa: ANN001
+def _start_download(gateway, *extra: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [*LONGHAUL, "download", *map(str, SMALL_IDS[:2]), "--no-file", "--target", gateway.address, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
@@ -97,7 +97,7 @@ def _start_download(gateway, *extra: str) -> tuple[subprocess.Popen[str], str]: 
 
 
 @pytest.mark.parametrize("cancel", [False, True], ids=["keeps-running", "cancel-on-interrupt"])
-def test_ctrl_c_leaves_the_job_running_unless_asked(slow_gateway, cancel: bool) -> None:  # noqa: ANN001
+def test_ctrl_c_leaves_the_job_running_unless_asked(slow_gateway, cancel: bool) -> None:
     proc, job_id = _start_download(slow_gateway, *(["--cancel-on-interrupt"] if cancel else []))
     with Client(slow_gateway.address, token=TOKEN) as client:
         deadline = time.monotonic() + 20
@@ -116,7 +116,7 @@ def test_ctrl_c_leaves_the_job_running_unless_asked(slow_gateway, cancel: bool) 
             assert client.wait(job_id).state == pb.JOB_STATE_COMPLETED
 
 
-def test_watch_resumes_across_an_envoy_restart_without_a_gap(slow_gateway) -> None:  # noqa: ANN001
+def test_watch_resumes_across_an_envoy_restart_without_a_gap(slow_gateway) -> None:
     with Client(slow_gateway.address, token=TOKEN) as client:
         job_id = client.initiate(SMALL_IDS[:4]).job_id
     watch = subprocess.Popen([*LONGHAUL, "watch", job_id, "--json", "--target", slow_gateway.address],

@@ -20,12 +20,12 @@ from tests.helpers import fetch
 
 
 @pytest.fixture
-async def client(stack):  # noqa: ANN001, ANN201
+async def client(stack):
     async with AsyncClient(stack.address, token=TOKEN) as client:
         yield client
 
 
-async def test_initiate_wait_and_download(client, tmp_path) -> None:  # noqa: ANN001
+async def test_initiate_wait_and_download(client, tmp_path) -> None:
     job = await client.initiate(SMALL_IDS[:3])
     events = []
     done = await client.wait(job.job_id, on_event=events.append)
@@ -40,7 +40,7 @@ async def test_initiate_wait_and_download(client, tmp_path) -> None:  # noqa: AN
     assert not (tmp_path / "out.zip.part").exists()
 
 
-async def test_the_same_request_id_gives_the_same_job_and_list_finds_it(client) -> None:  # noqa: ANN001
+async def test_the_same_request_id_gives_the_same_job_and_list_finds_it(client) -> None:
     first = await client.initiate(SMALL_IDS[:1], request_id="invoice-7")
     again = await client.initiate(SMALL_IDS[:1], request_id="invoice-7")
     assert again.job_id == first.job_id
@@ -55,7 +55,7 @@ class _CancelsFirstThenForwards(grpc.GenericRpcHandler):
         self.upstream = upstream
         self.calls = 0
 
-    def service(self, handler_call_details):  # noqa: ANN001, ANN201
+    def service(self, handler_call_details):
         forward = self.upstream.unary_unary(handler_call_details.method)
 
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -68,7 +68,7 @@ class _CancelsFirstThenForwards(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(handle)
 
 
-async def test_a_call_a_stopping_server_answered_cancelled_is_retried(stack) -> None:  # noqa: ANN001
+async def test_a_call_a_stopping_server_answered_cancelled_is_retried(stack) -> None:
     async with grpc.aio.insecure_channel(stack.address) as upstream:
         stopping = _CancelsFirstThenForwards(upstream)
         front = grpc.aio.server()
@@ -84,7 +84,7 @@ async def test_a_call_a_stopping_server_answered_cancelled_is_retried(stack) -> 
             await front.stop(None)
 
 
-async def test_a_failed_job_raises_job_failed_with_its_reason(client) -> None:  # noqa: ANN001
+async def test_a_failed_job_raises_job_failed_with_its_reason(client) -> None:
     job = await client.initiate(MISSING_IDS)
     with pytest.raises(JobFailed) as failed:
         await client.wait(job.job_id)
@@ -93,7 +93,7 @@ async def test_a_failed_job_raises_job_failed_with_its_reason(client) -> None:  
     assert "ALL_FILES_MISSING" in str(failed.value)
 
 
-async def test_rpc_errors_are_typed_and_carry_the_bad_fields(client) -> None:  # noqa: ANN001
+async def test_rpc_errors_are_typed_and_carry_the_bad_fields(client) -> None:
     with pytest.raises(InvalidArgument) as invalid:
         await client.initiate([1])
     assert invalid.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -104,7 +104,7 @@ async def test_rpc_errors_are_typed_and_carry_the_bad_fields(client) -> None:  #
         [e async for e in client.watch(str(uuid.uuid4()))]
 
 
-async def test_a_download_resumes_from_a_partial_file(client, tmp_path) -> None:  # noqa: ANN001
+async def test_a_download_resumes_from_a_partial_file(client, tmp_path) -> None:
     done = await client.wait((await client.initiate(LARGE_IDS)).job_id)
     data = fetch(done.result.download_url)
     half = len(data) // 2
@@ -120,7 +120,7 @@ async def test_a_download_resumes_from_a_partial_file(client, tmp_path) -> None:
     assert path.read_bytes() == data
 
 
-async def test_the_blocking_client_does_the_same(stack, tmp_path) -> None:  # noqa: ANN001
+async def test_the_blocking_client_does_the_same(stack, tmp_path) -> None:
     def use_it() -> tuple[pb.Job, bytes]:
         with Client(stack.address, token=TOKEN) as client:
             job = client.initiate(SMALL_IDS[:2])
@@ -134,7 +134,7 @@ async def test_the_blocking_client_does_the_same(stack, tmp_path) -> None:  # no
     assert hashlib.sha256(data).hexdigest() == done.result.sha256
 
 
-async def test_a_watch_survives_a_server_restart_without_gap_or_repeat(make_stack) -> None:  # noqa: ANN001
+async def test_a_watch_survives_a_server_restart_without_gap_or_repeat(make_stack) -> None:
     stack = await make_stack(delay_min_ms=3_000, delay_max_ms=3_000)
     port = stack.server.port
     async with AsyncClient(stack.address, token=TOKEN, reconnect_for_s=30) as client:

@@ -143,7 +143,7 @@ async def test_download_through_envoy_with_two_worker_processes(running_stack) -
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         jobs = [await initiate(stub, SEED_FILE_IDS[i : i + 3]) for i in (0, 3)]
         done = await asyncio.gather(*(wait_done(stub, job.job_id) for job in jobs))
-        for job, ids in zip(done, (SEED_FILE_IDS[0:3], SEED_FILE_IDS[3:6])):
+        for job, ids in zip(done, (SEED_FILE_IDS[0:3], SEED_FILE_IDS[3:6]), strict=True):
             check_archive(job, ids)
         assert {job.worker for job in done} <= {f"worker-{n}@{os.uname().nodename}" for n in (1, 2)}
 

@@ -16,7 +16,7 @@ JOBS = 12
 CHAOS_ROUNDS = 6
 
 
-async def watch_seqs(stub, job_id: str) -> tuple[list[int], pb.Job]:  # noqa: ANN001
+async def watch_seqs(stub, job_id: str) -> tuple[list[int], pb.Job]:
     """The seqs a watcher saw (snapshot first) and the final job."""
     seqs: list[int] = []
     job = None
@@ -48,7 +48,7 @@ async def test_jobs_survive_workers_killed_at_random(make_stack, work_dir) -> No
             spawned += 1
 
         results = await asyncio.wait_for(asyncio.gather(*watchers), 90)
-        for (seqs, final), ids in zip(results, requests):
+        for (seqs, final), ids in zip(results, requests, strict=True):
             assert final.state == pb.JOB_STATE_COMPLETED, final
             assert seqs == list(range(seqs[0], seqs[-1] + 1)), f"gap or repeat in {seqs}"
             check_archive(final, ids)

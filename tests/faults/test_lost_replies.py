@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from jobs.connections import multiplexed_redis, redis_client
-from jobs.model import F, EventType, State
+from jobs.model import EventType, F, State
 from jobs.store import JobStore, finish_fields
 from tests.credentials import TENANT
 from tests.lossy_proxy import LossyProxy
@@ -47,7 +47,7 @@ async def history(store: JobStore, job_id: str) -> list[int]:
 
 
 @pytest.fixture(params=["whole", "half"])
-def lose(request, proxy: LossyProxy):  # noqa: ANN201
+def lose(request, proxy: LossyProxy):
     """Arms the proxy to drop the next reply entirely, or to cut the connection halfway through it."""
     return lambda: proxy.lose_next_reply(request.param)
 

@@ -34,7 +34,7 @@ from tests.helpers import (
 FAST_RECOVERY = {"lock_ms": 2_000, "stalled_check_ms": 1_000, "shutdown_grace_s": 0.5}
 
 
-def start_worker(stack, work_dir, name: str) -> ManagedProcess:  # noqa: ANN001
+def start_worker(stack, work_dir, name: str) -> ManagedProcess:
     env = stack.settings.replace(worker_name=name).to_env()
     return python_process(f"{stack.settings.redis_prefix}-{name}", "worker", env, work_dir / "logs")
 
@@ -140,7 +140,7 @@ async def test_a_presumed_dead_worker_that_wakes_up_changes_nothing(make_stack, 
 
 
 @pytest.fixture
-def private_s3(base_settings, tmp_path):  # noqa: ANN001, ANN201
+def private_s3(base_settings, tmp_path):
     """A SeaweedFS of this test's own, to stop and restart."""
     port = free_port(also_free=(10000,))
     settings = base_settings.replace(s3_endpoint=f"http://127.0.0.1:{port}")

@@ -16,13 +16,13 @@ from redis.asyncio import Redis
 
 from devstack.processes import free_port
 from devstack.services import start_redis
-from longhaul.download.v1 import download_pb2 as pb
 from jobs.keys import Keys
 from jobs.tenants import tenant_slug
+from longhaul.download.v1 import download_pb2 as pb
+from longhaul_client import TERMINAL_STATES
 from tests import credentials
 from tests.conftest import SMALL_IDS
 from tests.credentials import TENANT
-from longhaul_client import TERMINAL_STATES
 from tests.helpers import check_archive, initiate, wait_done, wait_running_on
 
 
@@ -149,7 +149,7 @@ async def test_no_job_is_left_running_when_redis_is_killed_mid_run(own_redis, ma
     assert not active, "every finished job gave its place in the tenant's quota back"
 
 
-async def _until(done, stack, jobs: list[pb.Job], timeout_s: float) -> list[int]:  # noqa: ANN001
+async def _until(done, stack, jobs: list[pb.Job], timeout_s: float) -> list[int]:
     """Polls the jobs' states until `done(states)`; Redis may still be coming back, so a failed poll
     is polled again."""
     deadline = time.monotonic() + timeout_s
@@ -176,5 +176,8 @@ async def test_the_file_link_while_redis_is_down_is_503_like_the_rest_of_the_api
         await asyncio.to_thread(urllib.request.urlopen, request, timeout=60)
     assert refused.value.code == 503
     body = json.loads(refused.value.read())
-    assert body == {"code": grpc.StatusCode.UNAVAILABLE.value[0], "message": "the job store (Redis) is unreachable; retry shortly"}
+    assert body == {
+        "code": grpc.StatusCode.UNAVAILABLE.value[0],
+        "message": "the job store (Redis) is unreachable; retry shortly",
+    }
     await asyncio.to_thread(own_redis.start)

@@ -54,7 +54,7 @@ def wait_healthy(port: int, timeout_s: float = 15) -> None:
 
 
 def start_gateway(
-    base: Settings, work_dir: Path, envoy_changes=None, wait: bool = True, replicas: int = 1,  # noqa: ANN001
+    base: Settings, work_dir: Path, envoy_changes=None, wait: bool = True, replicas: int = 1,
     **changes: object,
 ) -> Gateway:
     reserved: set[int] = set()

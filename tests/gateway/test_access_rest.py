@@ -18,7 +18,7 @@ LIMIT = 4
 
 
 @pytest.fixture(scope="module")
-def limited(base_settings, work_dir):  # noqa: ANN001, ANN201
+def limited(base_settings, work_dir):
     """Servers with low limits, logging everything (DEBUG), to look for secrets in the logs after."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LOG_LEVEL", "DEBUG")
@@ -34,7 +34,7 @@ def next_window() -> None:
     time.sleep(1.02 - time.time() % 1)
 
 
-def test_rest_without_valid_credentials_is_401_with_the_reason(limited) -> None:  # noqa: ANN001
+def test_rest_without_valid_credentials_is_401_with_the_reason(limited) -> None:
     for token, reason in ((None, "no credentials"), ("lh_12345678_" + "x" * 43, "unknown or revoked")):
         for method, path, body in (
             ("GET", "/v1/download/jobs", None),
@@ -51,17 +51,17 @@ def test_rest_without_valid_credentials_is_401_with_the_reason(limited) -> None:
     assert web.grpc_status == 16 and "no credentials" in web.headers.get("grpc-message", ""), "trailers-only reply"
 
 
-def test_oversized_credentials_are_refused_at_envoy(limited) -> None:  # noqa: ANN001
+def test_oversized_credentials_are_refused_at_envoy(limited) -> None:
     status, _, _ = rest(limited.port, "POST", "/v1/download/initiate", {"file_ids": SMALL_IDS[:1]}, token="x" * 40_000)
     assert status == 431, "headers over 32 kB never reach a server"
 
 
-def test_rest_replies_carry_ratelimit_headers_and_a_burst_gets_429(limited) -> None:  # noqa: ANN001
+def test_rest_replies_carry_ratelimit_headers_and_a_burst_gets_429(limited) -> None:
     next_window()
     replies = [rest(limited.port, "GET", "/v1/download/jobs") for _ in range(LIMIT + 2)]
     statuses = [status for status, _, _ in replies]
     assert statuses == [200] * LIMIT + [429, 429], statuses
-    for remaining, (_, headers, _) in zip(range(LIMIT - 1, -1, -1), replies):
+    for remaining, (_, headers, _) in zip(range(LIMIT - 1, -1, -1), replies, strict=True):
         assert headers["ratelimit-limit"] == str(LIMIT)
         assert headers["ratelimit-remaining"] == str(remaining)
         assert headers["ratelimit-reset"] == "1"
@@ -74,7 +74,7 @@ def test_rest_replies_carry_ratelimit_headers_and_a_burst_gets_429(limited) -> N
     assert status == 200, "each tenant has its own budget"
 
 
-def test_the_active_jobs_quota_over_rest_is_429_with_retry_after(limited) -> None:  # noqa: ANN001
+def test_the_active_jobs_quota_over_rest_is_429_with_retry_after(limited) -> None:
     next_window()
     status, _, first = rest(limited.port, "POST", "/v1/download/initiate", {"file_ids": SMALL_IDS[:1]})
     assert status == 200, first
@@ -84,7 +84,7 @@ def test_the_active_jobs_quota_over_rest_is_429_with_retry_after(limited) -> Non
     assert "1 downloads queued or running" in reply["message"]
 
 
-def test_no_secret_reaches_the_logs(limited) -> None:  # noqa: ANN001
+def test_no_secret_reaches_the_logs(limited) -> None:
     """After calls with good and bad keys and a finished download (its presigned URL handed out,
     its /file redirect followed), the servers' and worker's DEBUG logs hold none of the secrets."""
     next_window()

@@ -13,11 +13,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from devstack.processes import free_port
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from tests import credentials
 from tests.conftest import MISSING_IDS, SMALL_IDS
-from devstack.processes import free_port
 from tests.gateway.conftest import hcm, start_gateway, stop_gateway
 from tests.helpers import check_archive, fetch, initiate, wait_done
 from tests.web_clients import grpc_web, rest, sse
@@ -309,7 +309,7 @@ class _AnswersCancelled(grpc.GenericRpcHandler):
     """Every call but health ends CANCELLED before any reply, as gRPC answers calls that reach a
     server that has begun to stop (grpc/grpc#41785), before any handler of ours runs."""
 
-    def service(self, handler_call_details):  # noqa: ANN001, ANN201
+    def service(self, handler_call_details):
         async def cancel(request: bytes, context: grpc.aio.ServicerContext) -> None:
             await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
 
@@ -341,7 +341,9 @@ async def test_a_call_a_stopping_replica_did_not_run_is_retried_on_another_unles
             # Writes are not repeated (one may have run): once the replica is in rotation, some fail.
             job, cancelled, deadline = None, 0, time.monotonic() + 15
             while job is None or not cancelled:
-                assert time.monotonic() < deadline, "no InitiateDownload failed: none reached that replica, or Envoy repeated them"
+                assert time.monotonic() < deadline, (
+                    "no InitiateDownload failed: none reached that replica, or Envoy repeated them"
+                )
                 try:
                     job = await initiate(stub, SMALL_IDS[:1])
                 except grpc.aio.AioRpcError as error:

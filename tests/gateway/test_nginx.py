@@ -24,7 +24,7 @@ class Nginx:
     grpc_port: int
 
 
-def _start(gateway, work_dir, edit=None):  # noqa: ANN001, ANN202
+def _start(gateway, work_dir, edit=None):
     reserved: set[int] = set()
     http_port, grpc_port = free_port(reserved), free_port(reserved)
     proc = start_nginx(gateway.port, http_port, grpc_port, work_dir, work_dir / "logs", edit)
@@ -32,7 +32,7 @@ def _start(gateway, work_dir, edit=None):  # noqa: ANN001, ANN202
 
 
 @pytest.fixture(scope="module")
-def nginx(gateway, work_dir):  # noqa: ANN001, ANN201
+def nginx(gateway, work_dir):
     proc, ports = _start(gateway, work_dir)
     yield ports
     proc.stop()

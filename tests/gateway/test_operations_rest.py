@@ -7,12 +7,12 @@ from tests.conftest import MISSING_IDS, SMALL_IDS
 from tests.web_clients import rest, sse
 
 
-def start(gateway, file_ids: list[int]) -> str:  # noqa: ANN001
+def start(gateway, file_ids: list[int]) -> str:
     _, _, created = rest(gateway.port, "POST", "/v1/download/initiate", {"file_ids": file_ids})
     return created["job"]["jobId"]
 
 
-def test_operations_over_rest(gateway) -> None:  # noqa: ANN001
+def test_operations_over_rest(gateway) -> None:
     job_id = start(gateway, SMALL_IDS[:2])
     status, _, running = rest(gateway.port, "GET", f"/v1/operations/{job_id}")
     assert status == 200 and running["name"] == f"operations/{job_id}" and not running.get("done")
@@ -33,7 +33,7 @@ def test_operations_over_rest(gateway) -> None:  # noqa: ANN001
     assert status == 404 and gone["message"]
 
 
-def test_cancel_and_errors_over_rest(gateway) -> None:  # noqa: ANN001
+def test_cancel_and_errors_over_rest(gateway) -> None:
     job_id = start(gateway, SMALL_IDS[2:4])
     status, _, _ = rest(gateway.port, "POST", f"/v1/operations/{job_id}:cancel", {})
     assert status == 200

@@ -22,7 +22,7 @@ def recipes(kind: str) -> list[str]:
     return [line for line in block.splitlines() if line.startswith(f"{kind} ")]
 
 
-def run(command: str, cwd) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
+def run(command: str, cwd) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LONGHAUL_TOKEN": TOKEN}
     return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, cwd=cwd, env=env)
 
@@ -47,7 +47,7 @@ class Jobs:
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["through-envoy", "direct"])
-def test_every_grpcurl_recipe_works(gateway, tmp_path, direct: bool) -> None:  # noqa: ANN001
+def test_every_grpcurl_recipe_works(gateway, tmp_path, direct: bool) -> None:
     target = gateway.server.env["GRPC_LISTEN"] if direct else gateway.address
     lines = recipes("grpcurl")
     assert len(lines) >= 13
@@ -58,7 +58,7 @@ def test_every_grpcurl_recipe_works(gateway, tmp_path, direct: bool) -> None:  #
         assert result.stdout.strip(), line
 
 
-def test_every_curl_recipe_works(gateway, tmp_path) -> None:  # noqa: ANN001
+def test_every_curl_recipe_works(gateway, tmp_path) -> None:
     lines = recipes("curl")
     assert len(lines) >= 13
     jobs = Jobs(gateway.address)

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from devstack.services import envoy_tls
+from devstack.services import HSTS, envoy_tls
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul_client import Client, DeadlineExceeded, Unavailable
 from tests.conftest import SMALL_IDS
@@ -41,7 +41,7 @@ def make_certificates(directory: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def tls_gateway(base_settings, work_dir, tmp_path_factory):  # noqa: ANN001, ANN201
+def tls_gateway(base_settings, work_dir, tmp_path_factory):
     certs = make_certificates(tmp_path_factory.mktemp("certs"))
     started = start_gateway(
         base_settings, work_dir, wait=False,
@@ -62,7 +62,7 @@ def tls_gateway(base_settings, work_dir, tmp_path_factory):  # noqa: ANN001, ANN
     stop_gateway(started)
 
 
-def test_through_envoy_with_tls_both_ways(tls_gateway) -> None:  # noqa: ANN001
+def test_through_envoy_with_tls_both_ways(tls_gateway) -> None:
     gateway, certs, context = tls_gateway
     with Client(gateway.address, token=TOKEN, root_certificates=certs["ca"].read_bytes()) as client:
         done = client.wait(client.initiate(SMALL_IDS[:2]).job_id)
@@ -70,6 +70,7 @@ def test_through_envoy_with_tls_both_ways(tls_gateway) -> None:  # noqa: ANN001
     status = urllib.request.Request(f"https://127.0.0.1:{gateway.port}/v1/download/status/{done.job_id}", headers=dict(BEARER))
     with urllib.request.urlopen(status, context=context) as reply:
         assert b"JOB_STATE_COMPLETED" in reply.read()
+        assert reply.headers["strict-transport-security"] == HSTS, "browsers are told to keep to https"
     cli = subprocess.run(
         [sys.executable, "-m", "longhaul_client.cli", "status", done.job_id, "--json",
          "--target", gateway.address, "--ca", str(certs["ca"]), "--token", TOKEN],
@@ -78,7 +79,7 @@ def test_through_envoy_with_tls_both_ways(tls_gateway) -> None:  # noqa: ANN001
     assert cli.returncode == 0 and "JOB_STATE_COMPLETED" in cli.stdout, cli.stderr
 
 
-def test_straight_to_the_server_with_tls_and_plaintext_refused(tls_gateway) -> None:  # noqa: ANN001
+def test_straight_to_the_server_with_tls_and_plaintext_refused(tls_gateway) -> None:
     gateway, certs, _ = tls_gateway
     server = gateway.server.env["GRPC_LISTEN"]
     with Client(server, token=TOKEN, root_certificates=certs["ca"].read_bytes()) as client:
@@ -89,7 +90,7 @@ def test_straight_to_the_server_with_tls_and_plaintext_refused(tls_gateway) -> N
             plaintext.status(job.job_id)
 
 
-def test_a_client_that_does_not_trust_the_ca_is_refused(tls_gateway) -> None:  # noqa: ANN001
+def test_a_client_that_does_not_trust_the_ca_is_refused(tls_gateway) -> None:
     gateway, _, _ = tls_gateway
     with Client(gateway.address, token=TOKEN, tls=True, timeout_s=3) as client:  # the system's CAs only
         with pytest.raises((Unavailable, DeadlineExceeded)):

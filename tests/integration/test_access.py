@@ -42,7 +42,7 @@ def rpc_error(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
     return error.code(), error.details() or ""
 
 
-async def refused(call) -> grpc.aio.AioRpcError:  # noqa: ANN001
+async def refused(call) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         reply = call
         if hasattr(reply, "__aiter__"):
@@ -53,7 +53,7 @@ async def refused(call) -> grpc.aio.AioRpcError:  # noqa: ANN001
     return caught.value
 
 
-def every_guarded_call(channel: grpc.aio.Channel, metadata: tuple = ()) -> list:  # noqa: ANN001
+def every_guarded_call(channel: grpc.aio.Channel, metadata: tuple = ()) -> list:
     """One call of each RPC of both services (empty requests: the door comes before validation)."""
     stub, ops = pb_grpc.DownloadServiceStub(channel), operations_pb2_grpc.OperationsStub(channel)
     calls = []
@@ -112,7 +112,7 @@ async def test_bad_credentials_are_refused_with_a_reason_and_never_echoed(stack,
     assert len(secret) < 12 or secret not in message, "the credential itself is never repeated"
 
 
-async def test_api_keys_rotate_without_a_restart(make_stack, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+async def test_api_keys_rotate_without_a_restart(make_stack, tmp_path: Path, capsys) -> None:
     keys = tmp_path / "keys"
     assert apikeys.main(["--file", str(keys), "create", "acme", "first key"]) == 0
     old = capsys.readouterr().out.strip()
@@ -152,25 +152,25 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"rsa": rsa_key, "ec": ec_key, "jwks_file": str(path)}
 
 
-def _public_jwk(key) -> str:  # noqa: ANN001
+def _public_jwk(key) -> str:
     algorithm = jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else jwt.algorithms.ECAlgorithm
     return algorithm.to_jwk(key.public_key())
 
 
-def token_for(key, alg: str, kid: str = "", **overrides: object) -> str:  # noqa: ANN001
+def token_for(key, alg: str, kid: str = "", **overrides: object) -> str:
     claims = {"sub": "jwt-tenant", "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 300} | overrides
     claims = {k: v for k, v in claims.items() if v is not None}
     return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid} if kid else None)
 
 
 @pytest.fixture
-async def jwt_stack(make_stack, signing_keys):  # noqa: ANN001, ANN201
+async def jwt_stack(make_stack, signing_keys):
     return await make_stack(
         jwt_hs256_secret=HS_SECRET, jwt_jwks_file=signing_keys["jwks_file"], jwt_issuer=ISSUER, jwt_audience=AUDIENCE
     )
 
 
-async def test_jwts_signed_each_supported_way_name_the_tenant(jwt_stack, signing_keys) -> None:  # noqa: ANN001
+async def test_jwts_signed_each_supported_way_name_the_tenant(jwt_stack, signing_keys) -> None:
     tokens = [
         token_for(HS_SECRET, "HS256"),
         token_for(signing_keys["rsa"], "RS256", "rsa-1"),
@@ -185,7 +185,7 @@ async def test_jwts_signed_each_supported_way_name_the_tenant(jwt_stack, signing
     assert list(listed.jobs) == []
 
 
-async def test_a_jwt_whose_subject_names_an_api_key_tenant_sees_none_of_its_jobs(jwt_stack) -> None:  # noqa: ANN001
+async def test_a_jwt_whose_subject_names_an_api_key_tenant_sees_none_of_its_jobs(jwt_stack) -> None:
     by_key = await initiate(jwt_stack.stub, SMALL_IDS[:1])  # the stack's API key, tenant TENANT
     same_name = credentials.bearer(token_for(HS_SECRET, "HS256", sub=credentials.TENANT))
     listed = await jwt_stack.stub.ListDownloads(pb.ListDownloadsRequest(), metadata=same_name)
@@ -215,14 +215,14 @@ async def test_a_jwt_whose_subject_names_an_api_key_tenant_sees_none_of_its_jobs
     ids=["expired", "audience", "issuer", "no-exp", "exp-string", "no-sub", "hs-wrong-secret", "rs-wrong-key", "unknown-kid",
          "other-alg", "alg-none", "alg-confusion"],
 )
-async def test_bad_jwts_are_refused_with_the_reason(jwt_stack, signing_keys, make, phrase: str) -> None:  # noqa: ANN001
+async def test_bad_jwts_are_refused_with_the_reason(jwt_stack, signing_keys, make, phrase: str) -> None:
     token = make(signing_keys)
     error = await refused(jwt_stack.stub.ListDownloads(pb.ListDownloadsRequest(), metadata=credentials.bearer(token)))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert phrase in (error.details() or ""), error.details()
 
 
-def _hmac_with_public_key(key) -> str:  # noqa: ANN001
+def _hmac_with_public_key(key) -> str:
     pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     encode = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=")  # noqa: E731
     header = encode(json.dumps({"alg": "HS256", "kid": "rsa-1"}).encode())
@@ -254,7 +254,7 @@ async def test_another_tenants_job_reads_not_found_on_every_rpc(make_stack) -> N
             ops.WaitOperation(operations_pb2.WaitOperationRequest(name=name), metadata=theirs),
         ]
 
-    for foreign, unknown in zip(calls(job.job_id), calls(nobody)):
+    for foreign, unknown in zip(calls(job.job_id), calls(nobody), strict=True):
         mine, absent = await refused(foreign), await refused(unknown)
         assert mine.code() == absent.code() == grpc.StatusCode.NOT_FOUND
         assert mine.details().replace(job.job_id, nobody) == absent.details(), "no hint that the job exists"
@@ -383,6 +383,6 @@ async def test_high_limits_are_leased_in_blocks_and_still_hold_across_replicas(s
     assert commands <= limit / 10 + 3, f"{commands} Redis round trips for 300 calls: one per lease, not per call"
 
 
-async def script_calls(redis) -> int:  # noqa: ANN001
+async def script_calls(redis) -> int:
     stats = await redis.info("commandstats")
     return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))

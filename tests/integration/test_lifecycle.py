@@ -4,6 +4,7 @@ expiry and server shutdown — against real Redis and SeaweedFS."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 
@@ -75,7 +76,7 @@ async def test_a_finished_job_is_returned_again_without_rerunning(stack) -> None
 # -- cancellation -----------------------------------------------------------------------------------
 
 
-async def test_cancel_a_queued_job_and_it_never_starts(make_stack, caplog) -> None:  # noqa: ANN001
+async def test_cancel_a_queued_job_and_it_never_starts(make_stack, caplog) -> None:
     caplog.set_level(logging.INFO, logger="worker.runner")
     stack = await make_stack(workers=0)
     job = await initiate(stack.stub, SMALL_IDS[:2])
@@ -192,7 +193,7 @@ async def test_heartbeats_while_nothing_changes(make_stack) -> None:
     beats = messages[1:]
     assert all(m.type == pb.EVENT_TYPE_HEARTBEAT for m in beats)
     assert all(m.seq == job.seq and not m.HasField("job") for m in beats), "heartbeats carry the last seq only"
-    gaps = [b.event_time.ToMilliseconds() - a.event_time.ToMilliseconds() for a, b in zip(beats, beats[1:])]
+    gaps = [b.event_time.ToMilliseconds() - a.event_time.ToMilliseconds() for a, b in itertools.pairwise(beats)]
     assert all(100 <= gap <= 2_000 for gap in gaps), gaps
 
 
@@ -251,7 +252,9 @@ async def test_finished_jobs_expire_and_their_artifacts_are_deleted(make_stack) 
     )
     s = stack.settings
     async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
-        await s3.put_object(Bucket=s.artifact_bucket, Key=artifact_key(s.redis_prefix, tenant_slug(TENANT), orphan.job_id), Body=b"late upload")
+        await s3.put_object(
+            Bucket=s.artifact_bucket, Key=artifact_key(s.redis_prefix, tenant_slug(TENANT), orphan.job_id), Body=b"late upload"
+        )
         await s3.head_object(Bucket=s.artifact_bucket, Key=artifact_key(s.redis_prefix, tenant_slug(TENANT), job.job_id))
         status = await wait_state(stack.stub, job.job_id, pb.JOB_STATE_EXPIRED)
         assert status.expire_time.ToMilliseconds() <= time.time() * 1000
@@ -271,7 +274,7 @@ async def test_finished_jobs_expire_and_their_artifacts_are_deleted(make_stack) 
         assert await redis.zcard(Keys(s.redis_prefix).sweep) == 0, "nothing left scheduled"
 
 
-async def artifacts(s3, settings, job_ids: list[str]) -> list[str]:  # noqa: ANN001
+async def artifacts(s3, settings, job_ids: list[str]) -> list[str]:
     """The artifacts of these jobs still in the bucket."""
     root = artifacts_root(settings.redis_prefix)
     reply = await s3.list_objects_v2(Bucket=settings.artifact_bucket, Prefix=root)
@@ -301,7 +304,7 @@ async def test_a_burst_of_thousands_of_watchers_all_get_their_snapshot(make_stac
     async with redis_client(stack.settings) as redis:
         store = JobStore(redis, stack.settings)
         job_ids = []
-        for start in range(0, count, 500):
+        for _ in range(0, count, 500):
             created = await asyncio.gather(*(store.create(TENANT, SMALL_IDS[:1]) for _ in range(500)))
             job_ids += [fields[F.ID] for fields, _ in created]
 

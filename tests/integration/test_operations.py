@@ -27,7 +27,7 @@ SLOW = {"delay_min_ms": 3_000, "delay_max_ms": 3_000}
 
 
 @pytest.fixture
-async def ops(stack):  # noqa: ANN001, ANN201
+async def ops(stack):
     return operations_pb2_grpc.OperationsStub(stack.channel)
 
 
@@ -43,7 +43,7 @@ def drive_to_completion(address: str, job_id: str) -> tuple[pb.DownloadResult, p
         return result, future.metadata, listed
 
 
-async def test_google_api_core_drives_a_job_to_its_result(stack) -> None:  # noqa: ANN001
+async def test_google_api_core_drives_a_job_to_its_result(stack) -> None:
     job = await initiate(stack.stub, SMALL_IDS[:3])
     result, metadata, listed = await asyncio.to_thread(drive_to_completion, stack.address, job.job_id)
     assert metadata.job_id == job.job_id and metadata.state == pb.JOB_STATE_COMPLETED and metadata.percent == 100
@@ -64,14 +64,14 @@ def cancel_through_lro(address: str, job_id: str) -> operation.Operation:
         return future
 
 
-async def test_cancel_operation_cancels_the_job(make_stack) -> None:  # noqa: ANN001
+async def test_cancel_operation_cancels_the_job(make_stack) -> None:
     stack = await make_stack(**SLOW)
     job = await initiate(stack.stub, SMALL_IDS[:2])
     await asyncio.to_thread(cancel_through_lro, stack.address, job.job_id)
     assert (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job.state == pb.JOB_STATE_CANCELLED
 
 
-async def test_a_failed_job_is_an_operation_error_with_its_reason(stack, ops) -> None:  # noqa: ANN001
+async def test_a_failed_job_is_an_operation_error_with_its_reason(stack, ops) -> None:
     job = await initiate(stack.stub, MISSING_IDS)
     await wait_done(stack.stub, job.job_id)
     op = await ops.GetOperation(operations_pb2.GetOperationRequest(name=f"operations/{job.job_id}"))
@@ -82,18 +82,20 @@ async def test_a_failed_job_is_an_operation_error_with_its_reason(stack, ops) ->
     assert info.metadata["retryable"] == "false"
 
 
-async def test_wait_operation_returns_when_the_job_ends_or_the_wait_runs_out(make_stack) -> None:  # noqa: ANN001
+async def test_wait_operation_returns_when_the_job_ends_or_the_wait_runs_out(make_stack) -> None:
     stack = await make_stack(**SLOW)
     ops = operations_pb2_grpc.OperationsStub(stack.channel)
     job = await initiate(stack.stub, SMALL_IDS[:2])
     name = f"operations/{job.job_id}"
-    short = await ops.WaitOperation(operations_pb2.WaitOperationRequest(name=name, timeout=duration_pb2.Duration(nanos=300_000_000)))
+    short = await ops.WaitOperation(
+        operations_pb2.WaitOperationRequest(name=name, timeout=duration_pb2.Duration(nanos=300_000_000))
+    )
     assert not short.done, "the wait ran out first"
     done = await ops.WaitOperation(operations_pb2.WaitOperationRequest(name=name, timeout=duration_pb2.Duration(seconds=20)))
     assert done.done and done.HasField("response")
 
 
-async def test_delete_operation_forgets_the_job_and_its_artifact(stack, ops) -> None:  # noqa: ANN001
+async def test_delete_operation_forgets_the_job_and_its_artifact(stack, ops) -> None:
     job = await initiate(stack.stub, SMALL_IDS[:1], request_id="forget-me")
     await wait_done(stack.stub, job.job_id)
     name = f"operations/{job.job_id}"
@@ -112,7 +114,9 @@ async def test_delete_operation_forgets_the_job_and_its_artifact(stack, ops) -> 
     assert again.job_id != job.job_id, "the idempotency key went with the job"
     async with redis_client(stack.settings) as redis:
         sweep = Keys(stack.settings.redis_prefix).sweep
-        assert await redis.zscore(sweep, artifact_key(stack.settings.redis_prefix, tenant_slug(TENANT), job.job_id)) <= now_ms(), "its artifact goes at once"
+        assert (
+            await redis.zscore(sweep, artifact_key(stack.settings.redis_prefix, tenant_slug(TENANT), job.job_id)) <= now_ms()
+        ), "its artifact goes at once"
 
 
 @pytest.mark.parametrize(
@@ -121,10 +125,13 @@ async def test_delete_operation_forgets_the_job_and_its_artifact(stack, ops) -> 
         (operations_pb2.GetOperationRequest(name="jobs/x"), "name"),
         (operations_pb2.GetOperationRequest(name="operations/not-a-uuid"), "name"),
         (operations_pb2.ListOperationsRequest(name="operations", filter="done=true"), "filter"),
-        (operations_pb2.WaitOperationRequest(name=f"operations/{uuid.uuid4()}", timeout=duration_pb2.Duration(seconds=-1)), "timeout"),
+        (
+            operations_pb2.WaitOperationRequest(name=f"operations/{uuid.uuid4()}", timeout=duration_pb2.Duration(seconds=-1)),
+            "timeout",
+        ),
     ],
 )
-async def test_bad_operation_requests_name_the_field(ops, request_, field: str) -> None:  # noqa: ANN001
+async def test_bad_operation_requests_name_the_field(ops, request_, field: str) -> None:
     method = {
         operations_pb2.GetOperationRequest: ops.GetOperation,
         operations_pb2.ListOperationsRequest: ops.ListOperations,

@@ -34,7 +34,7 @@ async def fail_in_queue(queue: JobQueue, job_id: str) -> None:
     """Ends the job's queue entry in bullmq's failed set, as a processor that Redis failed leaves it."""
     ended = asyncio.Event()
 
-    async def processor(job, token):  # noqa: ANN001
+    async def processor(job, token):
         ended.set()
         raise UnrecoverableError("the job store (Redis) is unreachable")
 

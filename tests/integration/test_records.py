@@ -12,7 +12,7 @@ import pytest
 
 from jobs.connections import multiplexed_redis, redis_client
 from jobs.errors import JobNotFound
-from jobs.model import F, EventType, State
+from jobs.model import EventType, F, State
 from jobs.store import JobStore, finish_fields
 from longhaul.download.v1 import download_pb2 as pb
 from server.convert import Presigner
@@ -34,7 +34,7 @@ async def stores(settings):
     await redis.aclose()
 
 
-async def eventually(condition, timeout_s: float = 5.0) -> None:  # noqa: ANN001
+async def eventually(condition, timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not await condition():
         assert time.monotonic() < deadline, "not within the time allowed"
@@ -159,7 +159,7 @@ async def test_without_client_tracking_the_cache_is_off_and_reads_go_to_redis(se
     store = JobStore(redis, settings, multiplexed_redis(settings))
     cache = RecordCache(store, Presigner(settings), settings.redis_url, capacity=100)
     # What a Redis before 6.0, or one that forbids CLIENT commands, answers.
-    monkeypatch.setattr(cache._reads, "_setup", lambda: [("CLIENT", "NO-SUCH-SUBCOMMAND")])
+    monkeypatch.setattr(cache._reads, "_setup", lambda: [("CLIENT", "NO-SUCH-SUBCOMMAND")])  # noqa: SLF001 - a private handshake
     try:
         await cache.start()
         assert not cache.enabled

@@ -37,17 +37,17 @@ async def states_are(queue: JobQueue, job_ids: list[str], expected: set[str]) ->
     return await states(queue, job_ids) == expected
 
 
-async def fresh_is_empty(redis, store: JobStore) -> bool:  # noqa: ANN001
+async def fresh_is_empty(redis, store: JobStore) -> bool:
     return await redis.llen(store.keys.fresh) == 0
 
 
-async def blocked_pops(redis, count: int) -> bool:  # noqa: ANN001
+async def blocked_pops(redis, count: int) -> bool:
     """Whether `count` clients of this Redis are blocked in a relay's pop (tests run one at a time)."""
     clients = await redis.client_list()
     return sum(1 for c in clients if c["cmd"] == "blmpop" and "b" in c["flags"]) == count
 
 
-async def until(condition, timeout_s: float = 10) -> None:  # noqa: ANN001
+async def until(condition, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while not await condition():
         assert time.monotonic() < deadline, "timed out"
@@ -59,7 +59,7 @@ async def test_every_created_job_reaches_the_queue_many_per_round_trip(parts, mo
     batches: list[int] = []
     enqueue_many = queue.enqueue_many
 
-    async def counted(jobs):  # noqa: ANN001
+    async def counted(jobs):
         batches.append(len(jobs))
         await enqueue_many(jobs)
 
@@ -77,7 +77,7 @@ async def test_a_failed_batch_is_sent_again(parts, monkeypatch, caplog) -> None:
     failures = iter([ConnectionError("Redis blinked")])
     enqueue_many = queue.enqueue_many
 
-    async def flaky(jobs):  # noqa: ANN001
+    async def flaky(jobs):
         if (error := next(failures, None)) is not None:
             raise error
         await enqueue_many(jobs)
@@ -96,7 +96,7 @@ async def test_a_failed_batch_is_sent_again(parts, monkeypatch, caplog) -> None:
 async def test_closing_gives_up_on_a_batch_after_its_time_and_says_so(parts, monkeypatch, caplog) -> None:
     redis, store, queue = parts
 
-    async def down(jobs):  # noqa: ANN001
+    async def down(jobs):
         raise ConnectionError("Redis is down")
 
     monkeypatch.setattr(queue, "enqueue_many", down)

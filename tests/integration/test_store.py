@@ -9,7 +9,7 @@ import pytest
 
 from jobs.connections import multiplexed_redis, redis_client
 from jobs.errors import JobNotFound, QuotaExceeded, RunSuperseded
-from jobs.model import F, EventType, State
+from jobs.model import EventType, F, State
 from jobs.schedule import Schedule
 from jobs.storage import artifact_key
 from jobs.store import JobStore, finish_fields, now_ms

@@ -8,13 +8,13 @@ import asyncio
 import pytest
 
 from jobs.settings import Settings
-from tests.conftest import SMALL_IDS
 from longhaul.download.v1 import download_pb2 as pb
+from tests.conftest import SMALL_IDS
 from tests.helpers import initiate, wait_done, wait_running_on
 from worker.runner import WorkerRunner
 
 
-async def test_a_worker_stopped_twice_at_once_and_once_more_stops_once(make_stack) -> None:  # noqa: ANN001
+async def test_a_worker_stopped_twice_at_once_and_once_more_stops_once(make_stack) -> None:
     stack = await make_stack(workers=0)
     runner = await stack.add_worker()
     await wait_done(stack.stub, (await initiate(stack.stub, SMALL_IDS[:1])).job_id)
@@ -26,7 +26,7 @@ async def test_a_worker_that_never_started_stops(settings: Settings) -> None:
     await asyncio.wait_for(WorkerRunner(settings).stop(), 10)
 
 
-async def test_a_stop_whose_caller_gave_up_still_ends_and_a_second_stop_waits_for_it(make_stack) -> None:  # noqa: ANN001
+async def test_a_stop_whose_caller_gave_up_still_ends_and_a_second_stop_waits_for_it(make_stack) -> None:
     stack = await make_stack(workers=0, delay_min_ms=400, delay_max_ms=400)
     runner = await stack.add_worker()
     job = await initiate(stack.stub, SMALL_IDS[:3])

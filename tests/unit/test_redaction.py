@@ -28,7 +28,9 @@ def test_the_formatter_covers_arguments_and_tracebacks() -> None:
     try:
         raise ValueError(f"could not use {KEY}")
     except ValueError as error:
-        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "calling %s with %s", (URL, JWT), (type(error), error, error.__traceback__))
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "calling %s with %s", (URL, JWT), (type(error), error, error.__traceback__)
+        )
     text = formatter.format(record)
     assert "Traceback" in text
     for secret in (KEY[12:], JWT, "0123456789abcdef"):

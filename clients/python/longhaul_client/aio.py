@@ -8,9 +8,9 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -20,8 +20,11 @@ from longhaul_client.download import fetch_to_file
 from longhaul_client.errors import LonghaulError, Unavailable, from_rpc_error, job_error
 
 DEFAULT_TARGET = "127.0.0.1:8080"  # Envoy, which also speaks native gRPC
-# The states a job never leaves, as the contract marks them (the `terminal` option).
-TERMINAL_STATES = frozenset(v.number for v in pb.JobState.DESCRIPTOR.values if v.GetOptions().Extensions[pb.terminal])
+# The states a job never leaves, as the contract marks them (the `terminal` option; Any: the
+# generated stubs type the extension as a plain field).
+TERMINAL_STATES = frozenset(
+    v.number for v in pb.JobState.DESCRIPTOR.values if cast(Any, v.GetOptions()).Extensions[pb.terminal]
+)
 PRIORITIES = {"low": pb.PRIORITY_LOW, "normal": pb.PRIORITY_NORMAL, "high": pb.PRIORITY_HIGH}
 
 # Unary calls that fail with UNAVAILABLE (a server restarting, a replica going away) are retried by
@@ -123,7 +126,7 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> pb.Job:
         return (await self._call(self._stub.CancelDownload, pb.CancelDownloadRequest(job_id=job_id))).job
 
-    async def list(self, *, page_size: int = 100, limit: int | None = None) -> AsyncIterator[pb.Job]:
+    async def list(self, *, page_size: int = 100, limit: int | None = None) -> AsyncGenerator[pb.Job, None]:
         """Jobs, newest first, across pages."""
         token, seen = "", 0
         while True:
@@ -143,7 +146,7 @@ class AsyncClient:
 
     # -- watching --------------------------------------------------------------------------------
 
-    async def watch(self, job_id: str, *, after_seq: int = 0, heartbeats: bool = False) -> AsyncIterator[Event]:
+    async def watch(self, job_id: str, *, after_seq: int = 0, heartbeats: bool = False) -> AsyncGenerator[Event, None]:
         """The job's events until it ends: a SNAPSHOT first (unless resuming from `after_seq`), then
         each change. A dropped stream is resumed from the last seq seen, so callers never see a gap
         or a repeat. Heartbeats are yielded only if asked for."""
@@ -219,7 +222,9 @@ class AsyncClient:
         if error is not None:
             raise error
         if job.state != pb.JOB_STATE_COMPLETED:
-            raise LonghaulError(f"job {job.job_id} is not finished yet ({pb.JobState.Name(job.state)})", grpc.StatusCode.FAILED_PRECONDITION)
+            raise LonghaulError(
+                f"job {job.job_id} is not finished yet ({pb.JobState.Name(job.state)})", grpc.StatusCode.FAILED_PRECONDITION
+            )
 
         async def fresh_url() -> str:
             return (await self.status(job.job_id)).result.download_url

@@ -39,7 +39,7 @@ async def fetch_to_file(
             if have < total:
                 try:
                     url = await _fetch(session, url, part, have, total, fresh_url, on_progress)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                except (TimeoutError, aiohttp.ClientError) as error:
                     tries += 1
                     if tries >= _TRIES:
                         raise DownloadError(f"could not download {result.file_name}: {error}; run again to resume") from None

@@ -193,14 +193,15 @@ function show(download: Download): void {
 
 function parseIds(text: string): string[] | undefined {
   const ids = text.split(/[\s,]+/).filter(Boolean);
-  if (ids.length === 0 || ids.some((id) => !/^\d+$/.test(id))) return undefined;
+  // File ids are 32-bit in the contract; the server says which range it accepts.
+  if (ids.length === 0 || ids.some((id) => !/^\d{1,10}$/.test(id) || Number(id) > 2 ** 31 - 1)) return undefined;
   return ids;
 }
 
 async function start(fileIds: string[], replacing?: Download): Promise<void> {
   formError.textContent = "";
   try {
-    const reply = await client.initiateDownload({ fileIds: fileIds.map(BigInt), requestId: crypto.randomUUID() });
+    const reply = await client.initiateDownload({ fileIds: fileIds.map(Number), requestId: crypto.randomUUID() });
     replacing?.forget();
     if (reply.job) show(new Download(reply.job.jobId, fileIds));
   } catch (thrown) {
@@ -215,7 +216,7 @@ async function checkAvailability(fileIds: string[]): Promise<void> {
     const item = element("li", "", `${id}: checking…`);
     availability.append(item);
     try {
-      const reply = await client.checkAvailability({ fileId: BigInt(id) });
+      const reply = await client.checkAvailability({ fileId: Number(id) });
       item.textContent = reply.available ? `${id}: available (${size(reply.sizeBytes)})` : `${id}: not found`;
       item.classList.toggle("missing", !reply.available);
     } catch (thrown) {
