@@ -175,7 +175,7 @@ class Stack:
                 "Try:",
                 f"  export LONGHAUL_TOKEN={self.dev_key}",
                 f"  .venv/bin/longhaul download 70000 70007 -o out.zip --target 127.0.0.1:{self.envoy_port}",
-                "  grpcurl -plaintext -H \"authorization: Bearer $LONGHAUL_TOKEN\" "
+                "  .venv/bin/grpcurl -plaintext -H \"authorization: Bearer $LONGHAUL_TOKEN\" "
                 f"-d '{{\"file_ids\": [70000, 70007]}}' 127.0.0.1:{self.envoy_port} "
                 "longhaul.download.v1.DownloadService/InitiateDownload",
             ]

@@ -1,4 +1,4 @@
-"""The work queue, on bullmq: the server enqueues job ids, workers take them.
+"""The work queue, on bullmq: the workers' relays enqueue job ids (worker/relay.py), workers take them.
 
 bullmq only carries the job id; the job itself lives in the job store. bullmq provides the
 at-least-once delivery: a job whose worker dies is moved back to waiting when its lock lapses

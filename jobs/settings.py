@@ -102,7 +102,7 @@ class Settings:
     # How often each worker process deletes expired artifacts and enqueues stranded jobs.
     housekeeping_interval_s: float = 30.0
     # A job still missing from the queue this long after it was written is enqueued by housekeeping
-    # (its server died between writing and enqueueing it).
+    # (the relay that took it from the fresh list died before enqueueing it).
     enqueue_grace_s: float = 30.0
 
     @functools.cached_property

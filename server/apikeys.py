@@ -9,9 +9,9 @@ A plain SHA-256 is enough (no slow hash): the keys are random, not passwords, so
 to guess. The server re-reads the file when it changes, so rotating is: `create` a new key for the
 tenant, hand it out, `revoke` the old one; no restart.
 
-    python -m server.apikeys create --file keys.txt TENANT [LABEL]   prints the new key once
-    python -m server.apikeys revoke --file keys.txt ID
-    python -m server.apikeys list --file keys.txt
+    python -m server.apikeys --file keys.txt create TENANT [LABEL]   prints the new key once
+    python -m server.apikeys --file keys.txt revoke ID
+    python -m server.apikeys --file keys.txt list
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from longhaul_client import Client
 from tests.conftest import MISSING_IDS, SMALL_IDS
 from tests.credentials import TOKEN
 from tests.gateway.conftest import start_gateway, stop_gateway, wait_healthy
+from tests.web_clients import rest
 
 LONGHAUL = [sys.executable, "-m", "longhaul_client.cli"]
 ENV = {**os.environ, "LONGHAUL_TOKEN": TOKEN}
@@ -55,14 +56,25 @@ def test_json_output_is_one_document_and_the_exit_code_says_how_it_ended(slow_ga
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["job"]["state"] == "JOB_STATE_COMPLETED" and document["file"] == str(out)
-    job_id = document["job"]["job_id"]
+    job_id = document["job"]["jobId"]
 
-    status = longhaul(slow_gateway, "status", job_id, "--json")
-    assert json.loads(status.stdout)["job"]["result"]["sha256"] == document["job"]["result"]["sha256"]
+    status = json.loads(longhaul(slow_gateway, "status", job_id, "--json").stdout)
+    assert status["job"]["result"]["sha256"] == document["job"]["result"]["sha256"]
+    _, _, over_rest = rest(slow_gateway.port, "GET", f"/v1/download/status/{job_id}")
+    assert set(status["job"]) == set(over_rest["job"]), "the same field names as the REST API"
+    assert set(status["job"]["result"]["files"][0]) == set(over_rest["job"]["result"]["files"][0])
     listed = longhaul(slow_gateway, "list", "--json")
-    assert job_id in [j["job_id"] for j in json.loads(listed.stdout)["jobs"]]
+    assert job_id in [j["jobId"] for j in json.loads(listed.stdout)["jobs"]]
     assert longhaul(slow_gateway, "check", str(SMALL_IDS[0])).returncode == 0
     assert longhaul(slow_gateway, "check", str(MISSING_IDS[0])).returncode == 3
+
+
+def test_a_reader_that_leaves_early_is_no_error(slow_gateway) -> None:
+    with Client(slow_gateway.address, token=TOKEN) as client:
+        client.initiate(SMALL_IDS[:1])  # something to list
+    command = f"set -o pipefail; {' '.join(LONGHAUL)} list --target {slow_gateway.address} | true"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, env=ENV)
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_a_failed_job_exits_1_with_the_reason(slow_gateway) -> None:

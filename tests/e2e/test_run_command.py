@@ -110,6 +110,16 @@ def test_the_banner_gives_a_development_key_that_works_and_nothing_works_without
     assert status == 401 and "unknown or revoked" in reply["message"], "only the development key is configured"
 
 
+def test_the_banners_commands_work_as_printed(running_stack, tmp_path) -> None:
+    _, _, _, banner = running_stack
+    tried = banner.split("Try:\n", 1)[1].split("\n\n", 1)[0]
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # run where a user runs them, without files left in the repository
+    result = subprocess.run(["bash", "-e", "-c", tried], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, f"{tried}\n{result.stderr}"
+    assert (tmp_path / "out.zip").stat().st_size > 0
+    assert '"state": "JOB_STATE_QUEUED"' in result.stdout, result.stdout
+
+
 def test_the_banner_says_where_to_connect(running_stack) -> None:
     _, ports, _, banner = running_stack
     assert f"127.0.0.1:{ports['envoy']}" in banner

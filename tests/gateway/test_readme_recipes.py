@@ -1,11 +1,14 @@
-"""Every grpcurl and curl line of the README, run as written (ports and job ids filled in) against a
-real Envoy and, for grpcurl, the server directly: the README cannot go stale."""
+"""Every grpcurl, curl and `longhaul` line and every Python snippet of the README, run as written (ports
+and job ids filled in) against a real Envoy and, for grpcurl, the server directly: the README cannot go
+stale."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,16 +18,18 @@ from tests.conftest import SMALL_IDS
 from tests.credentials import TOKEN
 from tests.e2e.test_run_command import GRPCURL
 
+README = (ROOT / "README.md").read_text()
+# The venv's commands (longhaul), as for a user who activated it or installed the client.
+ENV = {**os.environ, "LONGHAUL_TOKEN": TOKEN, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
 
 def recipes(kind: str) -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split(f"<!-- recipes: {kind} -->\n```sh\n", 1)[1].split("```", 1)[0]
+    block = README.split(f"<!-- recipes: {kind} -->\n```sh\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.startswith(f"{kind} ")]
 
 
-def run(command: str, cwd) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LONGHAUL_TOKEN": TOKEN}
-    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, cwd=cwd, env=env)
+def run(command: str, cwd, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, cwd=cwd, env=ENV | env)
 
 
 class Jobs:
@@ -39,7 +44,7 @@ class Jobs:
     def fill(self, command: str, target: str) -> str:
         if "JOB_ID" in command:
             job_id = self.finished
-            if any(verb in command for verb in ("Cancel", ":cancel", "Delete", "DELETE")):
+            if any(verb in command for verb in ("Cancel", "cancel", "Delete", "DELETE")):
                 with Client(self.address, token=TOKEN) as client:
                     job_id = client.initiate(SMALL_IDS[2:4]).job_id
             command = command.replace("JOB_ID", job_id)
@@ -68,3 +73,24 @@ def test_every_curl_recipe_works(gateway, tmp_path) -> None:
         status = result.stdout.rsplit("\n", 1)[-1]
         assert result.returncode == 0 and status.startswith("2"), f"{line}\n{status}\n{result.stdout[:500]}"
     assert (tmp_path / "out.zip").stat().st_size > 0
+
+
+def test_every_longhaul_command_works(gateway, tmp_path) -> None:
+    lines = recipes("longhaul")
+    assert len(lines) >= 8
+    jobs = Jobs(gateway.address)
+    for line in lines:
+        result = run(jobs.fill(line, gateway.address), tmp_path, LONGHAUL_TARGET=gateway.address)
+        assert result.returncode == 0, f"{line}\n{result.stderr}"
+    assert (tmp_path / "out.zip").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("index", "prints"), [(0, "saved out.zip"), (1, "http://")], ids=["client", "google-api-core"])
+def test_every_python_snippet_works(gateway, tmp_path, index: int, prints: str) -> None:
+    snippets = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+    assert len(snippets) == 2
+    script = tmp_path / "snippet.py"
+    script.write_text(Jobs(gateway.address).fill(snippets[index], gateway.address))
+    result = run(f"{sys.executable} {script}", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert prints in result.stdout, result.stdout

@@ -48,7 +48,8 @@ def exit_code(error: LonghaulError) -> int:
 
 
 def to_dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True)
+    """The message as the REST API writes it (proto3 JSON: jobId, filesDone, …, zero values included)."""
+    return MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
 def emit(document: dict[str, Any]) -> None:
@@ -171,7 +172,7 @@ async def cmd_list(session: Session) -> int:
 async def cmd_check(session: Session) -> int:
     reply = await session.client.availability(session.args.file_id)
     if session.args.json:
-        emit(to_dict(reply) | {"available": reply.available})
+        emit(to_dict(reply))
     else:
         print(f"{reply.file_id}: " + (f"available, {reply.size_bytes} bytes" if reply.available else "not found"))
     return EXIT_OK if reply.available else EXIT_NOT_FOUND
@@ -238,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     session = Session(args)
     try:
         return asyncio.run(run(session))
+    except BrokenPipeError:
+        # The reader left (`longhaul list | head`): not an error of ours. Python would complain again
+        # when it flushes stdout at exit, so stdout goes nowhere from here.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except LonghaulError as error:
         session.note(str(error))
         return exit_code(error)
