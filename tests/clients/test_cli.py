@@ -102,6 +102,9 @@ def _start_download(gateway, *extra: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [*LONGHAUL, "download", *map(str, SMALL_IDS[:2]), "--no-file", "--target", gateway.address, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        # As from a terminal: a test run started in the background (`make test &`) ignores SIGINT,
+        # and its children would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     first_line = proc.stderr.readline()
     assert first_line.startswith("job "), first_line

@@ -61,7 +61,7 @@ def test_rest_replies_carry_ratelimit_headers_and_a_burst_gets_429(limited) -> N
     replies = [rest(limited.port, "GET", "/v1/download/jobs") for _ in range(LIMIT + 2)]
     statuses = [status for status, _, _ in replies]
     assert statuses == [200] * LIMIT + [429, 429], statuses
-    for remaining, (_, headers, _) in zip(range(LIMIT - 1, -1, -1), replies, strict=True):
+    for remaining, (_, headers, _) in zip(range(LIMIT - 1, -1, -1), replies[:LIMIT], strict=True):
         assert headers["ratelimit-limit"] == str(LIMIT)
         assert headers["ratelimit-remaining"] == str(remaining)
         assert headers["ratelimit-reset"] == "1"
