@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.env import TENANT, BenchEnv
 from bench.report import Row, median
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
-from jobs.model import F, State
+from jobs.model import TERMINAL_STATES, F, State
 from jobs.settings import Settings
 from jobs.store import JobStore
 
@@ -116,7 +116,7 @@ async def run_job(env: BenchEnv, file_ids: list[int]) -> tuple[float, float, int
             await asyncio.sleep(1.5)  # settled, before its peak matters
             started = time.monotonic()
             fields, _ = await store.create(TENANT, file_ids)  # the worker's relay enqueues it
-            while (record := await store.get(fields[F.ID], TENANT))[F.STATE] not in (State.COMPLETED, State.FAILED):
+            while (record := await store.get(fields[F.ID], TENANT))[F.STATE] not in TERMINAL_STATES:
                 await asyncio.sleep(0.05)
             elapsed = time.monotonic() - started
             assert record[F.STATE] == State.COMPLETED, record
