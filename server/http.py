@@ -2,6 +2,8 @@
 
     GET /health                      200 {"status": "healthy", "checks": {...}}, 200 "degraded" (S3 is
                                      down: calls are served, jobs wait), or 503 "unhealthy" (Redis)
+    GET /livez                       200 while the event loop answers, whatever Redis and S3 do: for a
+                                     liveness probe (restarting a server does not bring Redis back)
     GET /v1/download/{job_id}/file   302 to a fresh presigned URL once COMPLETED, 409 with the state before
                                      (authenticated and rate limited like the gRPC API)
     GET / and its files              the browser page (clients/web, built by `make web` into dist/)
@@ -78,6 +80,7 @@ class HttpSide:
     async def start(self, listen: str, ssl_context: ssl.SSLContext | None = None) -> int:
         app = web.Application(middlewares=[_json_errors])
         app.router.add_get("/health", self._health_check)
+        app.router.add_get("/livez", self._alive)
         app.router.add_get("/v1/download/{job_id}/file", self._file)
         app.router.add_get("/", self._page)
         for name in WEB_FILES:
@@ -100,6 +103,9 @@ class HttpSide:
             return web.Response(status=404, text="The web page is not built: run `make web` (make run does).\n")
         # The page is small and changes with each build: browsers revalidate it every time.
         return web.FileResponse(path, headers={"cache-control": "no-cache"})
+
+    async def _alive(self, request: web.Request) -> web.Response:
+        return _json(200, {"status": "alive"})
 
     async def _health_check(self, request: web.Request) -> web.Response:
         health = self._health

@@ -6,9 +6,11 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from jobs.logs import setup_logging
 from jobs.settings import ConfigError, Settings
+from worker.liveness import keep_touching
 from worker.runner import WorkerRunner
 
 
@@ -19,9 +21,12 @@ async def work(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runner.start()
+    alive = asyncio.create_task(keep_touching(Path(settings.liveness_file))) if settings.liveness_file else None
     await stop.wait()
     logging.getLogger("worker").info("stopping")
     await runner.stop()
+    if alive is not None:
+        alive.cancel()
 
 
 def main() -> None:

@@ -166,7 +166,7 @@ async def _until(done, stack, jobs: list[pb.Job], timeout_s: float) -> list[int]
     raise AssertionError(f"not reached within {timeout_s} s: {[pb.JobState.Name(s) for s in states]}")
 
 
-async def test_the_file_link_while_redis_is_down_is_503_like_the_rest_of_the_api(own_redis, make_stack) -> None:
+async def test_while_redis_is_down_the_file_link_is_503_and_the_server_is_alive(own_redis, make_stack) -> None:
     stack = await make_stack(workers=0, redis_url=f"redis://127.0.0.1:{own_redis.port}/0")
     job = await initiate(stack.stub, SMALL_IDS[:1])
     await asyncio.to_thread(own_redis.stop)
@@ -180,4 +180,7 @@ async def test_the_file_link_while_redis_is_down_is_503_like_the_rest_of_the_api
         "code": grpc.StatusCode.UNAVAILABLE.value[0],
         "message": "the job store (Redis) is unreachable; retry shortly",
     }
+    live = f"http://127.0.0.1:{stack.server.http_port}/livez"
+    with await asyncio.to_thread(urllib.request.urlopen, live, timeout=10) as reply:
+        assert reply.status == 200, "alive without Redis: a liveness probe must not restart it for Redis's sake"
     await asyncio.to_thread(own_redis.start)
