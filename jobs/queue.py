@@ -46,6 +46,11 @@ class JobQueue:
             [{"name": JOB_NAME, "data": {"job_id": job_id}, "opts": _options(job_id, priority)} for job_id, priority in jobs]
         )
 
+    async def counts(self) -> dict[str, int]:
+        """Entries by bullmq state. Every entry has a priority, so the waiting ones are in the sorted
+        set `…:prioritized`, not in the list `…:wait`; delayed ones wait out a redelivery back-off."""
+        return await self.queue.getJobCounts("waiting", "prioritized", "delayed", "active")
+
     async def remove(self, job_id: str) -> None:
         """Removes a finished (failed) entry, so that the job id can be enqueued again."""
         await self.queue.remove(job_id)

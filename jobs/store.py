@@ -151,6 +151,10 @@ class JobStore:
             return expired_stub(job_id)
         raise JobNotFound(job_id)
 
+    async def fresh_count(self) -> int:
+        """Jobs created and not yet taken by a relay into the queue."""
+        return int(await self.redis.llen(self.keys.fresh))
+
     async def latest_seq(self, job_id: str) -> int:
         return int(await self._commands.hget(self.keys.job(job_id), F.SEQ) or 0)
 

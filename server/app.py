@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
+from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
@@ -102,7 +103,9 @@ class LonghaulServer:
         self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME])
         authenticator = Authenticator(s)
         limiter = RateLimiter(commands, store.keys, s, self._clock)
-        self._http = HttpSide(store, presigner, self._health, authenticator, limiter)
+        queue = JobQueue(s)  # only counted (/queue-depth): the workers' relays enqueue
+        self._exit_stack.push_async_callback(queue.close)
+        self._http = HttpSide(store, presigner, self._health, authenticator, limiter, queue)
 
         guarded = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection
         server = grpc.aio.server(

@@ -4,6 +4,9 @@
                                      down: calls are served, jobs wait), or 503 "unhealthy" (Redis)
     GET /livez                       200 while the event loop answers, whatever Redis and S3 do: for a
                                      liveness probe (restarting a server does not bring Redis back)
+    GET /queue-depth                 {"backlog": n, ...}: jobs not yet finished, by where they are, for
+                                     autoscaling the workers (KEDA's metrics-api trigger); not routed
+                                     by Envoy
     GET /v1/download/{job_id}/file   302 to a fresh presigned URL once COMPLETED, 409 with the state before
                                      (authenticated and rate limited like the gRPC API)
     GET / and its files              the browser page (clients/web, built by `make web` into dist/)
@@ -23,6 +26,7 @@ from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 
 from jobs.model import F, State
+from jobs.queue import JobQueue
 from jobs.store import JobStore
 from server import validation
 from server.auth import Authenticator
@@ -68,8 +72,10 @@ class HttpSide:
         health: HealthMonitor,
         authenticator: Authenticator,
         limiter: RateLimiter,
+        queue: JobQueue,
     ) -> None:
         self._store = store
+        self._queue = queue
         self._presigner = presigner
         self._health = health
         self._authenticator = authenticator
@@ -81,6 +87,7 @@ class HttpSide:
         app = web.Application(middlewares=[_json_errors])
         app.router.add_get("/health", self._health_check)
         app.router.add_get("/livez", self._alive)
+        app.router.add_get("/queue-depth", self._queue_depth)
         app.router.add_get("/v1/download/{job_id}/file", self._file)
         app.router.add_get("/", self._page)
         for name in WEB_FILES:
@@ -103,6 +110,15 @@ class HttpSide:
             return web.Response(status=404, text="The web page is not built: run `make web` (make run does).\n")
         # The page is small and changes with each build: browsers revalidate it every time.
         return web.FileResponse(path, headers={"cache-control": "no-cache"})
+
+    async def _queue_depth(self, request: web.Request) -> web.Response:
+        # Jobs a relay has not enqueued yet are in the fresh list, not in bullmq: with no worker
+        # running, that is where all of them wait, and a count of bullmq's keys alone would say 0.
+        try:
+            depth = {"fresh": await self._store.fresh_count(), **await self._queue.counts()}
+        except Exception as error:  # noqa: BLE001 - each is mapped in errors.status_for
+            return _failure(error, ())
+        return _json(200, {"backlog": sum(depth.values()), **depth})
 
     async def _alive(self, request: web.Request) -> web.Response:
         return _json(200, {"status": "alive"})
