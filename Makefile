@@ -12,7 +12,7 @@ WEB := clients/web
 WEB_BUILT := $(WEB)/dist/.built
 WEB_SOURCES := $(shell find $(WEB)/src -maxdepth 1 -type f)
 
-.PHONY: install run test bench lint proto web images deploy-up deploy-down clean
+.PHONY: install run test bench lint proto web images deploy-config deploy-up deploy-down clean
 
 install: $(GENERATED) $(WEB_BUILT)
 
@@ -123,6 +123,10 @@ $(IMAGES)/.envoy: $(IMAGES)/.base $(IMAGES)/.wheels deploy/envoy/Containerfile
 
 images: $(IMAGES)/.longhaul $(IMAGES)/.envoy
 	@$(PODMAN) images --format '{{.Repository}}:{{.Tag}} {{.Size}}' --filter reference=localhost/longhaul --filter reference=localhost/envoy
+
+# The Kubernetes deployment's Envoy configuration, made from envoy.yaml (a test checks they agree).
+deploy-config: $(INSTALLED)
+	$(PY) -m devstack.kube envoy-config > deploy/kubernetes/envoy-config.yaml
 
 # Every benchmark against a throwaway stack, one table (a few minutes; see BENCHMARKS.md).
 bench: install

@@ -1,0 +1,87 @@
+"""The deployment files, checked offline: the Containerfiles pass hadolint, every Kubernetes manifest
+validates strictly against the Kubernetes schemas, the cluster's Envoy configuration is envoy.yaml's,
+and the worker autoscaler reads the backlog where the server publishes it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devstack.kube import envoy_config_map, envoy_in_cluster
+from devstack.services import ROOT
+
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+BIN = Path(sys.executable).parent
+
+
+def documents(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def manifests() -> list[Path]:
+    return sorted(KUBERNETES.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("containerfile", ["deploy/Containerfile", "deploy/envoy/Containerfile"])
+def test_the_containerfiles_pass_hadolint(containerfile: str) -> None:
+    result = subprocess.run([BIN / "hadolint", ROOT / containerfile], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_manifest_validates_strictly_against_the_kubernetes_schemas(tmp_path: Path) -> None:
+    files = [path for path in manifests() if path.name != "kustomization.yaml"]
+    result = subprocess.run([BIN / "kubernetes-validate", "--strict", "--quiet", *files], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The check can fail: a misspelt field in a copy of one manifest.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text((KUBERNETES / "server.yaml").read_text().replace("readinessProbe:", "readynessProbe:"))
+    result = subprocess.run([BIN / "kubernetes-validate", "--strict", "--quiet", broken], capture_output=True, text=True)
+    assert result.returncode != 0 and "readynessProbe" in result.stdout + result.stderr
+
+
+def test_the_kustomization_lists_every_manifest_but_the_optional_ones() -> None:
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    present = {str(path.relative_to(KUBERNETES)) for path in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+
+
+def test_the_clusters_envoy_configuration_is_envoy_yaml_with_servers_found_by_dns() -> None:
+    shipped = (KUBERNETES / "envoy-config.yaml").read_text()
+    assert shipped == envoy_config_map(envoy_in_cluster()), "run `make deploy-config` after changing envoy.yaml"
+    config = yaml.safe_load(documents(KUBERNETES / "envoy-config.yaml")[0]["data"]["envoy.yaml"])
+    for cluster in config["static_resources"]["clusters"]:
+        assert cluster["type"] == "STRICT_DNS"
+        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        assert address["socket_address"]["address"] == "longhaul-server"
+    service = next(doc for doc in documents(KUBERNETES / "server.yaml") if doc["kind"] == "Service")
+    assert service["metadata"]["name"] == "longhaul-server" and service["spec"]["clusterIP"] == "None"
+
+
+def test_every_container_runs_as_non_root_on_a_read_only_root_filesystem() -> None:
+    for path in manifests():
+        for doc in documents(path):
+            if doc["kind"] not in ("Deployment", "StatefulSet"):
+                continue
+            pod = doc["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True, path
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, path
+            for container in pod.get("initContainers", []) + pod["containers"]:
+                security = container["securityContext"]
+                assert security["readOnlyRootFilesystem"] is True, (path, container["name"])
+                assert security["allowPrivilegeEscalation"] is False, (path, container["name"])
+                assert security["capabilities"] == {"drop": ["ALL"]}, (path, container["name"])
+                assert container["resources"]["requests"] and container["resources"]["limits"], (path, container["name"])
+
+
+def test_the_worker_autoscaler_reads_the_backlog_the_server_publishes() -> None:
+    scaled = next(doc for doc in documents(KUBERNETES / "worker.yaml") if doc["kind"] == "ScaledObject")
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "metrics-api"
+    # The endpoint and field tests/integration/test_queue_depth.py checks against a real Redis.
+    assert trigger["metadata"]["url"] == "http://longhaul-server:50052/queue-depth"
+    assert trigger["metadata"]["valueLocation"] == "backlog"
