@@ -14,12 +14,12 @@ from tests.conftest import SMALL_IDS
 from tests.helpers import initiate, wait_done
 
 
-def depth(stack) -> dict[str, int]:  # noqa: ANN001
+def depth(stack) -> dict[str, int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.server.http_port}/queue-depth", timeout=10) as reply:
         return json.loads(reply.read())
 
 
-async def until_depth(stack, wanted: dict[str, int], timeout_s: float = 20) -> None:  # noqa: ANN001
+async def until_depth(stack, wanted: dict[str, int], timeout_s: float = 20) -> None:
     deadline = time.monotonic() + timeout_s
     while (seen := await asyncio.to_thread(depth, stack)) | wanted != seen:
         assert time.monotonic() < deadline, seen
