@@ -77,7 +77,7 @@ $(VENV)/.browser:
 run: install
 	$(PY) -m devstack
 
-test: install lint $(VENV)/.browser
+test: install lint $(VENV)/.browser images
 	$(PY) -m pytest
 
 # Container images: localhost/longhaul:dev (deploy/Containerfile) and an Envoy stand-in
@@ -123,6 +123,15 @@ $(IMAGES)/.envoy: $(IMAGES)/.base $(IMAGES)/.wheels deploy/envoy/Containerfile
 
 images: $(IMAGES)/.longhaul $(IMAGES)/.envoy
 	@$(PODMAN) images --format '{{.Repository}}:{{.Tag}} {{.Size}}' --filter reference=localhost/longhaul --filter reference=localhost/envoy
+
+# The Kubernetes manifests on this machine (podman kube play of a local overlay: devstack/deploy.py),
+# with Redis and S3 as `make run` starts them; returns once Envoy answers on 8080. deploy-down
+# removes every container and pod and stops what deploy-up started.
+deploy-up: images
+	$(PY) -m devstack.deploy up
+
+deploy-down: $(INSTALLED)
+	$(PY) -m devstack.deploy down
 
 # The Kubernetes deployment's Envoy configuration, made from envoy.yaml (a test checks they agree).
 deploy-config: $(INSTALLED)

@@ -49,11 +49,7 @@ class Stack:
         self.dev_key = ""
 
     def start(self) -> None:
-        self._check_ports_free()
-        self._credentials()
-        self._redis()
-        self._s3()
-        asyncio.run(self._prepare_buckets())
+        self.prepare()
         env = self.settings.to_env()
         server = python_process("server", "server", env, self.log_dir)
         self.started.append(server)
@@ -65,6 +61,15 @@ class Stack:
             self.started.append(python_process(f"worker-{index + 1}", "worker", worker_env, self.log_dir))
         config = envoy_config(self.envoy_port, self.envoy_admin_port, [(grpc_port, http_port)])
         self.started.append(start_envoy(config, self.data_dir / "envoy", self.log_dir))
+
+    def prepare(self) -> None:
+        """Everything the service needs before it starts: free ports, credentials, Redis, S3 and the
+        seeded buckets (the container deployment, devstack/deploy.py, starts the service itself)."""
+        self._check_ports_free()
+        self._credentials()
+        self._redis()
+        self._s3()
+        asyncio.run(self._prepare_buckets())
 
     def _check_ports_free(self) -> None:
         """Our servers and Envoy bind with SO_REUSEPORT: a second stack on the same ports would start

@@ -1,11 +1,17 @@
-"""The Kubernetes deployment's Envoy configuration, made from the repository's envoy.yaml so the two
-never drift apart (a test compares deploy/kubernetes/envoy-config.yaml with what this renders):
+"""The Kubernetes manifests, made and adapted here.
+
+The cluster's Envoy configuration is made from the repository's envoy.yaml so the two never drift
+apart (a test compares deploy/kubernetes/envoy-config.yaml with what this renders):
 
     python -m devstack.kube envoy-config > deploy/kubernetes/envoy-config.yaml   (make deploy-config)
 
 In a cluster Envoy listens on every address, finds the servers by DNS (every ready pod behind the
 headless Service), and reads the descriptor set and the REST guard from the assets the init
 container copies out of the application image.
+
+`local_manifests` is the local overlay `make deploy-up` runs with `podman kube play`: the same
+Deployments on the host's network, with the images `make images` built and the settings and key
+file `make run` would use.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from devstack.services import ROOT
+from devstack.services import ROOT, envoy_config
+from jobs.settings import Settings
 
 SERVER_SERVICE = "longhaul-server"
 ASSETS = "/etc/longhaul/assets"
@@ -25,10 +32,12 @@ _HEADER = """\
 """
 
 
-def envoy_in_cluster(source: Path = ROOT / "envoy.yaml", server_host: str = SERVER_SERVICE) -> dict:
-    config = yaml.safe_load(source.read_text())
+def envoy_in_cluster(config: dict | None = None, server_host: str = SERVER_SERVICE) -> dict:
+    """`config` (by default envoy.yaml) as Envoy runs in the cluster."""
+    config = config or yaml.safe_load((ROOT / "envoy.yaml").read_text())
     listener = config["static_resources"]["listeners"][0]
-    listener["address"]["socket_address"]["address"] = "0.0.0.0"
+    if server_host == SERVER_SERVICE:
+        listener["address"]["socket_address"]["address"] = "0.0.0.0"
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     for http_filter in manager["http_filters"]:
         typed = http_filter.get("typed_config", {})
@@ -38,9 +47,15 @@ def envoy_in_cluster(source: Path = ROOT / "envoy.yaml", server_host: str = SERV
             typed["proto_descriptor"] = f"{ASSETS}/longhaul.pb"
     for cluster in config["static_resources"]["clusters"]:
         # Pods come and go: resolved again every few seconds, one host per address.
-        cluster["type"] = "STRICT_DNS"
-        cluster["dns_lookup_family"] = "V4_ONLY"
-        cluster["dns_refresh_rate"] = "5s"
+        del cluster["type"]
+        cluster["cluster_type"] = {
+            "name": "envoy.cluster.dns",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
+                "dns_refresh_rate": "5s",
+                "dns_lookup_family": "V4_ONLY",
+            },
+        }
         for endpoint in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
             endpoint["endpoint"]["address"]["socket_address"]["address"] = server_host
     return config
@@ -61,6 +76,73 @@ def envoy_config_map(config: dict) -> str:
         "data": {"envoy.yaml": _Block(yaml.safe_dump(config, sort_keys=False, width=120))},
     }
     return _HEADER + yaml.safe_dump(config_map, sort_keys=False, width=120)
+
+
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+LOCAL_IMAGES = {"longhaul:dev": "localhost/longhaul:dev", "envoyproxy/envoy:v1.40.0": "localhost/envoy:dev"}
+_SECRET_ENV = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
+
+
+def _documents(name: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all((KUBERNETES / name).read_text()) if doc]
+
+
+def local_manifests(
+    settings: Settings, envoy_port: int, envoy_admin_port: int, workers: int, assets: Path
+) -> tuple[list[dict], list[list[str]]]:
+    """The Deployments and ConfigMaps of deploy/kubernetes, for one machine: host networking (the
+    ports of `make run`), one server, `workers` workers, the local images, the settings and key file
+    of `settings` (a local overlay has no Secret: podman reads the key file from the host).
+
+    Also the `podman run` commands that stand for the init containers, to run first: podman 4.3
+    sometimes removes an init container before it has ended and fails the pod. They write to
+    `assets`, which the pods mount in place of their emptyDir."""
+    grpc_port = int(settings.grpc_listen.rsplit(":", 1)[1])
+    http_port = int(settings.http_listen.rsplit(":", 1)[1])
+    env = settings.to_env() | {"API_KEYS_FILE": "/etc/longhaul/keys/api-keys", "LIVENESS_FILE": "/tmp/longhaul/alive"}
+    settings_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "longhaul-settings"}, "data": env}
+    envoy = envoy_config(envoy_port, envoy_admin_port, [(grpc_port, http_port)])
+    envoy_map = yaml.safe_load(envoy_config_map(envoy_in_cluster(envoy, server_host="127.0.0.1")))
+    deployments = {doc["metadata"]["name"]: doc for name in ("server.yaml", "worker.yaml", "gateway.yaml")
+                   for doc in _documents(name) if doc["kind"] == "Deployment"}
+    worker = deployments.pop("longhaul-worker")
+    for index in range(workers):  # podman runs one pod per Deployment, whatever its replicas
+        copy = yaml.safe_load(yaml.safe_dump(worker))
+        copy["metadata"]["name"] = f"longhaul-worker-{index + 1}"
+        deployments[copy["metadata"]["name"]] = copy
+    init_runs: list[list[str]] = []
+    for deployment in deployments.values():
+        deployment["spec"]["replicas"] = 1
+        pod = deployment["spec"]["template"]["spec"]
+        pod["hostNetwork"] = True
+        for init in pod.pop("initContainers", []):
+            mounts = [f"--volume={assets}:{m['mountPath']}" for m in init["volumeMounts"] if m["name"] == "assets"]
+            user = f"--user={pod['securityContext']['runAsUser']}"
+            command = init["command"]  # as in Kubernetes, `command` replaces the image's entrypoint
+            image = LOCAL_IMAGES[init["image"]]
+            init_runs.append(["run", "--rm", "--read-only", user, *mounts, f"--entrypoint={command[0]}", image, *command[1:]])
+        for volume in pod.get("volumes", []):
+            if volume["name"] == "assets":
+                volume.pop("emptyDir")
+                volume["hostPath"] = {"path": str(assets), "type": "Directory"}
+        for container in pod["containers"]:
+            container["image"] = LOCAL_IMAGES[container["image"]]
+            container["env"] = [e for e in container.get("env", []) if e["name"] not in _SECRET_ENV]
+            container.pop("lifecycle", None)  # preStop hooks are not podman's
+            container.pop("ports", None)
+            # podman runs probes as systemd timers, and without systemd a restarted container's
+            # state goes wrong ("Stopping" while it runs). Readiness is checked by `deploy up`.
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                container.pop(probe, None)
+        for volume in pod.get("volumes", []):
+            if volume["name"] == "keys":
+                volume.pop("secret")
+                volume["hostPath"] = {"path": str(Path(settings.api_keys_file).resolve()), "type": "File"}
+        for container in pod["containers"]:
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] == "keys":
+                    mount["mountPath"] = env["API_KEYS_FILE"]
+    return [settings_map, envoy_map, *deployments.values()], init_runs
 
 
 def main(argv: list[str]) -> int:

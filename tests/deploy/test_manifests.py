@@ -55,7 +55,7 @@ def test_the_clusters_envoy_configuration_is_envoy_yaml_with_servers_found_by_dn
     assert shipped == envoy_config_map(envoy_in_cluster()), "run `make deploy-config` after changing envoy.yaml"
     config = yaml.safe_load(documents(KUBERNETES / "envoy-config.yaml")[0]["data"]["envoy.yaml"])
     for cluster in config["static_resources"]["clusters"]:
-        assert cluster["type"] == "STRICT_DNS"
+        assert cluster["cluster_type"]["name"] == "envoy.cluster.dns"
         address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
         assert address["socket_address"]["address"] == "longhaul-server"
     service = next(doc for doc in documents(KUBERNETES / "server.yaml") if doc["kind"] == "Service")

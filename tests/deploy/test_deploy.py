@@ -1,0 +1,142 @@
+"""The Kubernetes manifests run with `podman kube play` (devstack/deploy.py, `make deploy-up`): real
+containers of the images `make images` builds, Envoy's included. A download end to end through the
+containerized Envoy over every protocol; a worker container killed mid-job; the server container
+restarted under a watcher; non-root on a read-only root filesystem; nothing left after deploy-down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.processes import free_port, port_open
+from devstack.services import ROOT
+from longhaul.download.v1 import download_pb2 as pb
+from longhaul_client import Client
+from tests.conftest import SMALL_IDS
+from tests.helpers import check_archive
+from tests.web_clients import grpc_web, rest, sse
+
+PODMAN_ENV = os.environ | {"CONTAINERS_CONF": str(ROOT / "deploy" / "containers.conf")}
+
+
+def podman(*args: str) -> str:
+    result = subprocess.run(["podman", *args], env=PODMAN_ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+class Deployed:
+    def __init__(self, port: int, key: str, ports: list[int]) -> None:
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.key = key
+        self.ports = ports  # every port it listens on
+
+    def client(self) -> Client:
+        return Client(self.address, token=self.key)
+
+
+def deploy(command: str, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "devstack.deploy", command], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    reserved: set[int] = set()
+    envoy, admin, grpc_port, http, redis_port = (free_port(reserved) for _ in range(5))
+    s3 = free_port(reserved, also_free=(10000,))
+    data_dir = tmp_path_factory.mktemp("deployment")
+    env = os.environ | {
+        "ENVOY_PORT": str(envoy),
+        "ENVOY_ADMIN_PORT": str(admin),
+        "GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
+        "HTTP_LISTEN": f"127.0.0.1:{http}",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "S3_ENDPOINT": f"http://127.0.0.1:{s3}",
+        "LONGHAUL_DATA_DIR": str(data_dir),
+        # Jobs of 3 s; a killed worker's job goes back to the queue within seconds.
+        "DOWNLOAD_DELAY_MIN_MS": "3000",
+        "DOWNLOAD_DELAY_MAX_MS": "3000",
+        "WORKER_LOCK_MS": "2000",
+        "WORKER_STALLED_CHECK_MS": "1000",
+    }
+    banner = deploy("up", env)
+    assert "Longhaul is running." in banner and "API key" in banner
+    key = (data_dir / "dev-api-key").read_text().strip()
+    deployed = Deployed(envoy, key, [envoy, admin, grpc_port, http, redis_port, s3])
+    try:
+        yield deployed
+    finally:
+        deploy("down", env)
+    # After deploy-down, nothing of it is left: no pod, no container, no port.
+    assert podman("pod", "ps", "--quiet", "--filter", "name=^longhaul-").split() == []
+    assert podman("ps", "--all", "--quiet", "--filter", "name=^longhaul-").split() == []
+    assert [port for port in deployed.ports if port_open(port)] == []
+
+
+def test_a_download_end_to_end_through_the_containerized_envoy(deployed: Deployed) -> None:
+    with deployed.client() as client:
+        done = client.wait(client.initiate(SMALL_IDS[:3]).job_id)  # native gRPC
+    check_archive(done, SMALL_IDS[:3])
+
+    status, _, created = rest(deployed.port, "POST", "/v1/download/initiate", {"file_ids": SMALL_IDS[3:5]}, token=deployed.key)
+    assert status == 200, created
+    job_id = created["job"]["jobId"]
+    events = sse(deployed.port, f"/v1/download/{job_id}/events", timeout_s=60, token=deployed.key).events
+    assert events[-1][1]["job"]["state"] == "JOB_STATE_COMPLETED"
+    status, headers, _ = rest(deployed.port, "GET", f"/v1/download/{job_id}/file", token=deployed.key)
+    assert status == 302 and headers["location"]
+
+    web = grpc_web(deployed.port, "GetStatus", pb.GetStatusRequest(job_id=job_id), token=deployed.key)
+    assert web.grpc_status == 0
+    reply = pb.GetStatusResponse.FromString(web.messages[0][1])
+    assert reply.job.state == pb.JOB_STATE_COMPLETED
+
+
+def test_a_job_whose_worker_container_is_killed_completes_on_the_other(deployed: Deployed) -> None:
+    with deployed.client() as client:
+        job = client.initiate(SMALL_IDS[:4])
+        deadline = time.monotonic() + 30
+        while not (running := client.status(job.job_id)).worker:
+            assert time.monotonic() < deadline, running
+            time.sleep(0.1)
+        # Named after its pod (podman names it longhaul-worker-N-pod-0) and its pid.
+        victim = running.worker.split(":")[0]
+        podman("kill", f"{victim}-worker")
+        done = client.wait(job.job_id)
+        assert done.state == pb.JOB_STATE_COMPLETED and not done.worker.startswith(victim), done
+        check_archive(done, SMALL_IDS[:4])
+    podman("start", f"{victim}-worker")
+
+
+def test_a_watch_resumes_across_a_restart_of_the_server_container(deployed: Deployed) -> None:
+    with deployed.client() as client:
+        job = client.initiate(SMALL_IDS[:6])
+        seqs = []
+        for event in client.watch(job.job_id):
+            seqs.append(event.seq)
+            if len(seqs) == 2:
+                # Stopped as Kubernetes stops it (SIGTERM: it ends its streams with their last seq),
+                # then started again by the pod's restart policy.
+                podman("kill", "--signal", "TERM", "longhaul-server-pod-0-server")
+        assert event.job.state == pb.JOB_STATE_COMPLETED
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)), "every event once, in order, across the restart"
+    assert int(podman("inspect", "--format", "{{.RestartCount}}", "longhaul-server-pod-0-server")) >= 1
+
+
+@pytest.mark.parametrize(("container", "uid"), [("longhaul-server-pod-0-server", "10001"), ("longhaul-envoy-pod-0-envoy", "101")])
+def test_the_containers_run_as_non_root_on_a_read_only_root_filesystem(deployed: Deployed, container: str, uid: str) -> None:
+    assert podman("inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", container).strip() == "true"
+    assert podman("exec", container, "/usr/bin/id", "-u").strip() == uid
+    result = subprocess.run(["podman", "exec", container, "/usr/bin/touch", "/written"], env=PODMAN_ENV, capture_output=True, text=True)
+    assert result.returncode != 0 and "Read-only file system" in result.stderr
