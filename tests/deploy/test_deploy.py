@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -134,9 +133,17 @@ def test_a_watch_resumes_across_a_restart_of_the_server_container(deployed: Depl
     assert int(podman("inspect", "--format", "{{.RestartCount}}", "longhaul-server-pod-0-server")) >= 1
 
 
-@pytest.mark.parametrize(("container", "uid"), [("longhaul-server-pod-0-server", "10001"), ("longhaul-envoy-pod-0-envoy", "101")])
+@pytest.mark.parametrize(
+    ("container", "uid"),
+    [
+        ("longhaul-server-pod-0-server", "10001"),
+        ("longhaul-worker-2-pod-0-worker", "10001"),
+        ("longhaul-envoy-pod-0-envoy", "101"),
+    ],
+)
 def test_the_containers_run_as_non_root_on_a_read_only_root_filesystem(deployed: Deployed, container: str, uid: str) -> None:
     assert podman("inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", container).strip() == "true"
     assert podman("exec", container, "/usr/bin/id", "-u").strip() == uid
-    result = subprocess.run(["podman", "exec", container, "/usr/bin/touch", "/written"], env=PODMAN_ENV, capture_output=True, text=True)
+    touch = ["podman", "exec", container, "/usr/bin/touch", "/written"]
+    result = subprocess.run(touch, env=PODMAN_ENV, capture_output=True, text=True)
     assert result.returncode != 0 and "Read-only file system" in result.stderr
