@@ -1,13 +1,13 @@
 """The Kubernetes manifests, made and adapted here.
 
 The cluster's Envoy configuration is made from the repository's envoy.yaml so the two never drift
-apart (a test compares deploy/kubernetes/envoy-config.yaml with what this renders):
+apart (a test compares deploy/kubernetes/envoy/envoy.yaml with what this renders):
 
-    python -m devstack.kube envoy-config > deploy/kubernetes/envoy-config.yaml   (make deploy-config)
+    python -m devstack.kube envoy-config > deploy/kubernetes/envoy/envoy.yaml   (make deploy-config)
 
-In a cluster Envoy listens on every address, finds the servers by DNS (every ready pod behind the
-headless Service), and reads the descriptor set and the REST guard from the assets the init
-container copies out of the application image.
+In a cluster (and in deploy/compose.yaml) Envoy listens on every address, finds the servers by DNS
+(every ready pod behind the headless Service `longhaul-server`), and reads the descriptor set and
+the REST guard from the assets an init container copies out of the application image.
 
 `local_manifests` is the local overlay `make deploy-up` runs with `podman kube play`: the same
 Deployments on the host's network, with the images `make images` built and the settings and key
@@ -27,8 +27,9 @@ from jobs.settings import Settings
 SERVER_SERVICE = "longhaul-server"
 ASSETS = "/etc/longhaul/assets"
 _HEADER = """\
-# Generated from envoy.yaml by `make deploy-config` (python -m devstack.kube envoy-config): edit
-# envoy.yaml, not this file. A test fails when the two differ.
+# Envoy in a cluster (the ConfigMap longhaul-envoy) and in compose.yaml. Generated from envoy.yaml by
+# `make deploy-config` (python -m devstack.kube envoy-config): edit envoy.yaml, not this file. A test
+# fails when the two differ.
 """
 
 
@@ -61,21 +62,12 @@ def envoy_in_cluster(config: dict | None = None, server_host: str = SERVER_SERVI
     return config
 
 
-class _Block(str):
-    """A string written as a YAML literal block, so the ConfigMap's envoy.yaml reads as YAML."""
+def envoy_file(config: dict) -> str:
+    return _HEADER + yaml.safe_dump(config, sort_keys=False, width=120)
 
 
-yaml.SafeDumper.add_representer(_Block, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|"))
-
-
-def envoy_config_map(config: dict) -> str:
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "longhaul-envoy"},
-        "data": {"envoy.yaml": _Block(yaml.safe_dump(config, sort_keys=False, width=120))},
-    }
-    return _HEADER + yaml.safe_dump(config_map, sort_keys=False, width=120)
+def _config_map(name: str, data: dict[str, str]) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
 
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -100,9 +92,10 @@ def local_manifests(
     grpc_port = int(settings.grpc_listen.rsplit(":", 1)[1])
     http_port = int(settings.http_listen.rsplit(":", 1)[1])
     env = settings.to_env() | {"API_KEYS_FILE": "/etc/longhaul/keys/api-keys", "LIVENESS_FILE": "/tmp/longhaul/alive"}
-    settings_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "longhaul-settings"}, "data": env}
+    settings_map = _config_map("longhaul-settings", env)
     envoy = envoy_config(envoy_port, envoy_admin_port, [(grpc_port, http_port)])
-    envoy_map = yaml.safe_load(envoy_config_map(envoy_in_cluster(envoy, server_host="127.0.0.1")))
+    local_envoy = envoy_file(envoy_in_cluster(envoy, server_host="127.0.0.1"))
+    envoy_map = _config_map("longhaul-envoy", {"envoy.yaml": local_envoy})
     deployments = {doc["metadata"]["name"]: doc for name in ("server.yaml", "worker.yaml", "gateway.yaml")
                    for doc in _documents(name) if doc["kind"] == "Deployment"}
     worker = deployments.pop("longhaul-worker")
@@ -149,7 +142,7 @@ def main(argv: list[str]) -> int:
     if argv != ["envoy-config"]:
         print(__doc__, file=sys.stderr)
         return 2
-    sys.stdout.write(envoy_config_map(envoy_in_cluster()))
+    sys.stdout.write(envoy_file(envoy_in_cluster()))
     return 0
 
 

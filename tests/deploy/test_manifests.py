@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devstack.kube import envoy_config_map, envoy_in_cluster
+from devstack.kube import envoy_file, envoy_in_cluster
 from devstack.services import ROOT
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -23,7 +23,7 @@ def documents(path: Path) -> list[dict]:
 
 
 def manifests() -> list[Path]:
-    return sorted(KUBERNETES.rglob("*.yaml"))
+    return sorted(path for path in KUBERNETES.rglob("*.yaml") if path.parent.name != "envoy")
 
 
 @pytest.mark.parametrize("containerfile", ["deploy/Containerfile", "deploy/envoy/Containerfile"])
@@ -48,12 +48,14 @@ def test_the_kustomization_lists_every_manifest_but_the_optional_ones() -> None:
     listed = set(kustomization["resources"])
     present = {str(path.relative_to(KUBERNETES)) for path in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == present
+    (generated,) = kustomization["configMapGenerator"]
+    assert generated["name"] == "longhaul-envoy" and generated["files"] == ["envoy/envoy.yaml"]
 
 
 def test_the_clusters_envoy_configuration_is_envoy_yaml_with_servers_found_by_dns() -> None:
-    shipped = (KUBERNETES / "envoy-config.yaml").read_text()
-    assert shipped == envoy_config_map(envoy_in_cluster()), "run `make deploy-config` after changing envoy.yaml"
-    config = yaml.safe_load(documents(KUBERNETES / "envoy-config.yaml")[0]["data"]["envoy.yaml"])
+    shipped = (KUBERNETES / "envoy" / "envoy.yaml").read_text()
+    assert shipped == envoy_file(envoy_in_cluster()), "run `make deploy-config` after changing envoy.yaml"
+    config = yaml.safe_load(shipped)
     for cluster in config["static_resources"]["clusters"]:
         assert cluster["cluster_type"]["name"] == "envoy.cluster.dns"
         address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
@@ -85,3 +87,20 @@ def test_the_worker_autoscaler_reads_the_backlog_the_server_publishes() -> None:
     # The endpoint and field tests/integration/test_queue_depth.py checks against a real Redis.
     assert trigger["metadata"]["url"] == "http://longhaul-server:50052/queue-depth"
     assert trigger["metadata"]["valueLocation"] == "backlog"
+
+
+def test_the_compose_file_runs_the_same_parts_with_restarts_health_checks_and_volumes() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"redis", "seaweedfs", "longhaul-server", "worker-1", "worker-2", "envoy"} <= set(services)
+    for name in ("redis", "longhaul-server", "worker-1", "worker-2", "envoy", "seaweedfs"):
+        assert services[name]["restart"] == "unless-stopped", name
+    for name in ("redis", "longhaul-server", "worker-1", "worker-2"):
+        assert services[name]["healthcheck"]["test"], name
+    for name in ("longhaul-server", "worker-1", "worker-2", "envoy"):
+        assert services[name]["read_only"] is True and services[name]["user"] != "0:0", name
+    assert "--appendonly" in services["redis"]["command"]
+    assert set(compose["volumes"]) == {"redis-data", "seaweedfs-data", "envoy-assets"}
+    # Envoy's configuration is the cluster's (servers found by the name longhaul-server).
+    (config,) = [v.split(":")[0] for v in services["envoy"]["volumes"] if v.endswith("envoy.yaml:ro")]
+    assert (ROOT / "deploy" / config).resolve() == (KUBERNETES / "envoy" / "envoy.yaml")
