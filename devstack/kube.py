@@ -108,34 +108,39 @@ def local_manifests(
         deployment["spec"]["replicas"] = 1
         pod = deployment["spec"]["template"]["spec"]
         pod["hostNetwork"] = True
-        for init in pod.pop("initContainers", []):
-            mounts = [f"--volume={assets}:{m['mountPath']}" for m in init["volumeMounts"] if m["name"] == "assets"]
-            user = f"--user={pod['securityContext']['runAsUser']}"
-            command = init["command"]  # as in Kubernetes, `command` replaces the image's entrypoint
-            image = LOCAL_IMAGES[init["image"]]
-            init_runs.append(["run", "--rm", "--read-only", user, *mounts, f"--entrypoint={command[0]}", image, *command[1:]])
+        init_runs += [_init_run(init, pod, assets) for init in pod.pop("initContainers", [])]
+        for container in pod["containers"]:
+            _local_container(container, key_file=env["API_KEYS_FILE"])
         for volume in pod.get("volumes", []):
             if volume["name"] == "assets":
                 volume.pop("emptyDir")
                 volume["hostPath"] = {"path": str(assets), "type": "Directory"}
-        for container in pod["containers"]:
-            container["image"] = LOCAL_IMAGES[container["image"]]
-            container["env"] = [e for e in container.get("env", []) if e["name"] not in _SECRET_ENV]
-            container.pop("lifecycle", None)  # preStop hooks are not podman's
-            container.pop("ports", None)
-            # podman runs probes as systemd timers, and without systemd a restarted container's
-            # state goes wrong ("Stopping" while it runs). Readiness is checked by `deploy up`.
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                container.pop(probe, None)
-        for volume in pod.get("volumes", []):
             if volume["name"] == "keys":
                 volume.pop("secret")
                 volume["hostPath"] = {"path": str(Path(settings.api_keys_file).resolve()), "type": "File"}
-        for container in pod["containers"]:
-            for mount in container.get("volumeMounts", []):
-                if mount["name"] == "keys":
-                    mount["mountPath"] = env["API_KEYS_FILE"]
     return [settings_map, envoy_map, *deployments.values()], init_runs
+
+
+def _init_run(init: dict, pod: dict, assets: Path) -> list[str]:
+    """`podman run` arguments doing what the init container does."""
+    mounts = [f"--volume={assets}:{m['mountPath']}" for m in init["volumeMounts"] if m["name"] == "assets"]
+    user = f"--user={pod['securityContext']['runAsUser']}"
+    command = init["command"]  # as in Kubernetes, `command` replaces the image's entrypoint
+    return ["run", "--rm", "--read-only", user, *mounts, f"--entrypoint={command[0]}", LOCAL_IMAGES[init["image"]], *command[1:]]
+
+
+def _local_container(container: dict, key_file: str) -> None:
+    container["image"] = LOCAL_IMAGES[container["image"]]
+    container["env"] = [e for e in container.get("env", []) if e["name"] not in _SECRET_ENV]  # in the ConfigMap here
+    container.pop("lifecycle", None)  # preStop hooks are not podman's
+    container.pop("ports", None)  # on the host's network
+    # podman runs probes as systemd timers, and without systemd a restarted container's state goes
+    # wrong ("Stopping" while it runs). `deploy up` checks readiness itself.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        container.pop(probe, None)
+    for mount in container.get("volumeMounts", []):
+        if mount["name"] == "keys":
+            mount["mountPath"] = key_file  # the key file itself, not the Secret's directory
 
 
 def main(argv: list[str]) -> int:
