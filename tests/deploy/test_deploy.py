@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from devstack.deploy import PODMAN_ENV
 from devstack.processes import free_port, port_open
 from devstack.services import ROOT
 from longhaul.download.v1 import download_pb2 as pb
@@ -20,8 +21,6 @@ from longhaul_client import Client
 from tests.conftest import SMALL_IDS
 from tests.helpers import check_archive
 from tests.web_clients import grpc_web, rest, sse
-
-PODMAN_ENV = os.environ | {"CONTAINERS_CONF": str(ROOT / "deploy" / "containers.conf")}
 
 
 def podman(*args: str) -> str:

@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 from devstack.processes import ManagedProcess, free_port, port_open
 from devstack.services import envoy_config, python_process, start_envoy
+from jobs.keys import Keys
 from jobs.settings import Settings
-from tests.credentials import BEARER
+from jobs.tenants import tenant_slug
+from tests.credentials import BEARER, TENANT
 
 # Jobs long enough to watch, heartbeats frequent enough to test idle timeouts in a second.
 GATEWAY_SETTINGS = {"delay_min_ms": 2_000, "delay_max_ms": 2_000, "heartbeat_s": 0.3, "health_check_interval_s": 0.5}
@@ -102,3 +105,12 @@ def gateway(base_settings: Settings, work_dir: Path):
 def hcm(config: dict) -> dict:
     """The HTTP connection manager of envoy.yaml's listener, to change in a test's copy."""
     return config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+@pytest.fixture(scope="module")
+def jobs_index(gateway: Gateway):
+    """How many jobs the test tenant has: a refused request must leave it unchanged."""
+    client = redis.Redis.from_url(gateway.settings.redis_url)
+    key = Keys(gateway.settings.redis_prefix).index(tenant_slug(TENANT))
+    yield lambda: client.zcard(key)
+    client.close()

@@ -10,14 +10,11 @@ import urllib.parse
 
 import grpc
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs.keys import Keys
-from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
-from tests.credentials import TENANT, TOKEN, sync_channel
+from tests.credentials import TOKEN, sync_channel
 from tests.web_clients import grpc_web, rest
 
 CLIENT_ERRORS = {
@@ -45,14 +42,6 @@ grpc_requests = st.one_of(
     st.builds(lambda j, s: ("WatchProgress", pb.WatchProgressRequest(job_id=j, after_seq=s)), st.one_of(text, uuid_like), int64),
 ).map(lambda pair: (pair[0], pair[1].SerializeToString()))
 garbage = st.tuples(st.sampled_from(["InitiateDownload", "GetStatus", "WatchProgress", "ListDownloads"]), st.binary(max_size=200))
-
-
-@pytest.fixture(scope="module")
-def jobs_index(gateway):
-    client = redis.Redis.from_url(gateway.settings.redis_url)
-    key = Keys(gateway.settings.redis_prefix).index(tenant_slug(TENANT))
-    yield lambda: client.zcard(key)
-    client.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,25 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis
 from google.api import annotations_pb2
 
-from jobs.keys import Keys
-from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import SMALL_IDS
-from tests.credentials import TENANT
 from tests.web_clients import rest
 
 INITIATE = "/v1/download/initiate"
-
-
-@pytest.fixture(scope="module")
-def jobs_index(gateway):
-    client = redis.Redis.from_url(gateway.settings.redis_url)
-    key = Keys(gateway.settings.redis_prefix).index(tenant_slug(TENANT))
-    yield lambda: client.zcard(key)
-    client.close()
 
 
 @pytest.mark.parametrize("path", ["/", "/v1/download/jobs"])
