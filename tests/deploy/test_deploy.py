@@ -11,7 +11,10 @@ import sys
 import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.deploy import PODMAN_ENV
 from devstack.processes import free_port, port_open
@@ -30,11 +33,12 @@ def podman(*args: str) -> str:
 
 
 class Deployed:
-    def __init__(self, port: int, key: str, ports: list[int]) -> None:
+    def __init__(self, port: int, key: str, ports: list[int], probe_ports: dict[int | str, int]) -> None:
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.key = key
         self.ports = ports  # every port it listens on
+        self.probe_ports = probe_ports  # the manifests' container ports, as the local overlay moved them
 
     def client(self) -> Client:
         return Client(self.address, token=self.key)
@@ -71,7 +75,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     banner = deploy("up", env)
     assert "Longhaul is running." in banner and "API key" in banner
     key = (data_dir / "dev-api-key").read_text().strip()
-    deployed = Deployed(envoy, key, [envoy, admin, grpc_port, http, redis_port, s3])
+    probe_ports: dict[int | str, int] = {50051: grpc_port, "http": http, "public": envoy}
+    deployed = Deployed(envoy, key, [envoy, admin, grpc_port, http, redis_port, s3], probe_ports)
     try:
         yield deployed
     finally:
@@ -146,3 +151,43 @@ def test_the_containers_run_as_non_root_on_a_read_only_root_filesystem(deployed:
     touch = ["podman", "exec", container, "/usr/bin/touch", "/written"]
     result = subprocess.run(touch, env=PODMAN_ENV, capture_output=True, text=True)
     assert result.returncode != 0 and "Read-only file system" in result.stderr
+
+
+def probes(manifest: str) -> list[tuple[str, dict]]:
+    """(kind of probe, probe) for every probe of the Deployment in deploy/kubernetes/`manifest`."""
+    deployment = next(doc for doc in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / manifest).read_text())
+                      if doc["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return [(kind, container[kind]) for kind in ("startupProbe", "readinessProbe", "livenessProbe") if kind in container]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "container"),
+    [
+        ("server.yaml", "longhaul-server-pod-0-server"),
+        ("worker.yaml", "longhaul-worker-1-pod-0-worker"),
+        ("gateway.yaml", "longhaul-envoy-pod-0-envoy"),
+    ],
+)
+def test_every_probe_of_the_manifests_passes_against_the_running_containers(
+    deployed: Deployed, manifest: str, container: str
+) -> None:
+    """Podman runs no probes without systemd: each is run here as the kubelet runs it."""
+    checked = []
+    for kind, probe in probes(manifest):
+        if "exec" in probe:
+            podman("exec", container, *probe["exec"]["command"])
+        elif "grpc" in probe:
+            port = deployed.probe_ports[probe["grpc"]["port"]]
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                request = health_pb2.HealthCheckRequest(service=probe["grpc"].get("service", ""))
+                reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, (kind, probe)
+        elif "httpGet" in probe:
+            port = deployed.probe_ports[probe["httpGet"]["port"]]
+            status, _, _ = rest(port, "GET", probe["httpGet"]["path"], token=None)
+            assert 200 <= status < 400, (kind, probe, status)
+        else:
+            assert port_open(deployed.probe_ports[probe["tcpSocket"]["port"]]), (kind, probe)
+        checked.append(kind)
+    assert checked, f"{manifest} has probes"
