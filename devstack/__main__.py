@@ -37,13 +37,22 @@ log = logging.getLogger("devstack")
 
 
 class Stack:
-    def __init__(self, settings: Settings, data_dir: Path, workers: int, envoy_port: int, envoy_admin_port: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        data_dir: Path,
+        workers: int,
+        envoy_port: int,
+        envoy_admin_port: int,
+        envoy_metrics_port: int = 9902,
+    ) -> None:
         self.settings = settings
         self.data_dir = data_dir
         self.log_dir = data_dir / "logs"
         self.workers = workers
         self.envoy_port = envoy_port
         self.envoy_admin_port = envoy_admin_port
+        self.envoy_metrics_port = envoy_metrics_port
         self.started: list[ManagedProcess] = []
         self.notes: list[str] = []
         self.dev_key = ""
@@ -56,11 +65,17 @@ class Stack:
         grpc_port = int(self.settings.grpc_listen.rsplit(":", 1)[1])
         http_port = int(self.settings.http_listen.rsplit(":", 1)[1])
         server.wait_until(lambda: port_open(grpc_port) and port_open(http_port), 30, "serving")
-        for index in range(self.workers):
-            worker_env = dict(env, WORKER_NAME=f"worker-{index + 1}@{os.uname().nodename}")
+        for index, metrics_listen in enumerate(self.worker_metrics()):
+            worker_env = dict(env, WORKER_NAME=f"worker-{index + 1}@{os.uname().nodename}", METRICS_LISTEN=metrics_listen)
             self.started.append(python_process(f"worker-{index + 1}", "worker", worker_env, self.log_dir))
-        config = envoy_config(self.envoy_port, self.envoy_admin_port, [(grpc_port, http_port)])
+        config = envoy_config(self.envoy_port, self.envoy_admin_port, [(grpc_port, http_port)], self.envoy_metrics_port)
         self.started.append(start_envoy(config, self.data_dir / "envoy", self.log_dir))
+
+    def worker_metrics(self) -> list[str]:
+        """Where each worker serves its metrics: METRICS_LISTEN (by default 127.0.0.1:9102) for the
+        first, the ports after it for the others."""
+        host, _, port = (self.settings.metrics_listen or "127.0.0.1:9102").rpartition(":")
+        return [f"{host}:{int(port) + index}" for index in range(self.workers)]
 
     def prepare(self) -> None:
         """Everything the service needs before it starts: free ports, credentials, Redis, S3 and the
@@ -80,6 +95,8 @@ class Stack:
             self.envoy_admin_port: "Envoy's admin (ENVOY_ADMIN_PORT)",
             int(s.grpc_listen.rsplit(":", 1)[1]): "the gRPC server (GRPC_LISTEN)",
             int(s.http_listen.rsplit(":", 1)[1]): "the server's HTTP side (HTTP_LISTEN)",
+            self.envoy_metrics_port: "Envoy's metrics (ENVOY_METRICS_PORT)",
+            **{int(listen.rsplit(":", 1)[1]): "a worker's metrics (METRICS_LISTEN)" for listen in self.worker_metrics()},
         }
         for port, what in wanted.items():
             if port_open(port):
@@ -170,6 +187,9 @@ class Stack:
             f"  Web page      {page + '#token=' + self.dev_key if self.dev_key else page}",
             *(f"  {note}" for note in self.notes),
             f"  Workers       {self.workers} processes",
+            f"  Metrics       http://{self.settings.http_listen}/metrics (server)",
+            *(f"                http://{listen}/metrics (worker {n})" for n, listen in enumerate(self.worker_metrics(), 1)),
+            f"                http://127.0.0.1:{self.envoy_metrics_port}/stats/prometheus (Envoy)",
             f"  Logs          {self.log_dir}",
         ]
         if self.dev_key:
@@ -241,6 +261,7 @@ def main() -> int:
         workers=int(os.environ.get("WORKER_PROCESSES", "2")),
         envoy_port=int(os.environ.get("ENVOY_PORT", "8080")),
         envoy_admin_port=int(os.environ.get("ENVOY_ADMIN_PORT", "9901")),
+        envoy_metrics_port=int(os.environ.get("ENVOY_METRICS_PORT", "9902")),
     )
     stop: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):

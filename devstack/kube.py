@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from devstack.services import ROOT, envoy_config
+from devstack.services import ROOT, SERVER_CLUSTERS, envoy_config
 from jobs.settings import Settings
 
 SERVER_SERVICE = "longhaul-server"
@@ -36,9 +36,10 @@ _HEADER = """\
 def envoy_in_cluster(config: dict | None = None, server_host: str = SERVER_SERVICE) -> dict:
     """`config` (by default envoy.yaml) as Envoy runs in the cluster."""
     config = config or yaml.safe_load((ROOT / "envoy.yaml").read_text())
-    listener = config["static_resources"]["listeners"][0]
+    listener, metrics = config["static_resources"]["listeners"]
     if server_host == SERVER_SERVICE:
         listener["address"]["socket_address"]["address"] = "0.0.0.0"
+        metrics["address"]["socket_address"]["address"] = "0.0.0.0"  # scraped by the pod's address
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     for http_filter in manager["http_filters"]:
         typed = http_filter.get("typed_config", {})
@@ -47,6 +48,8 @@ def envoy_in_cluster(config: dict | None = None, server_host: str = SERVER_SERVI
         if "proto_descriptor" in typed:
             typed["proto_descriptor"] = f"{ASSETS}/longhaul.pb"
     for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] not in SERVER_CLUSTERS:
+            continue  # the admin API, in the same pod
         # Pods come and go: resolved again every few seconds, one host per address.
         del cluster["type"]
         cluster["cluster_type"] = {

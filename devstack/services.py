@@ -91,18 +91,28 @@ def _s3_answers(port: int) -> bool:
     return True
 
 
+SERVER_CLUSTERS = ("longhaul_grpc", "longhaul_http")
+
+
 def envoy_config(
-    listen_port: int, admin_port: int, servers: list[tuple[int, int]], source: Path = ROOT / "envoy.yaml"
+    listen_port: int,
+    admin_port: int,
+    servers: list[tuple[int, int]],
+    metrics_port: int = 0,
+    source: Path = ROOT / "envoy.yaml",
 ) -> dict:
     """envoy.yaml with its ports replaced, so tests run the very configuration users run.
 
-    `servers` lists each server's (gRPC port, HTTP port).
+    `servers` lists each server's (gRPC port, HTTP port); the metrics listener takes any free port
+    unless `metrics_port` is given.
     """
     config = yaml.safe_load(source.read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
-    listener = config["static_resources"]["listeners"][0]
-    listener["address"]["socket_address"]["port_value"] = listen_port
+    public, metrics = config["static_resources"]["listeners"]
+    public["address"]["socket_address"]["port_value"] = listen_port
+    metrics["address"]["socket_address"]["port_value"] = metrics_port
     upstream_ports = {"longhaul_grpc": [g for g, _ in servers], "longhaul_http": [h for _, h in servers]}
+    upstream_ports["envoy_admin"] = [admin_port]
     for cluster in config["static_resources"]["clusters"]:
         endpoint = cluster["load_assignment"]["endpoints"][0]
         template = endpoint["lb_endpoints"][0]

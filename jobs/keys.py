@@ -86,6 +86,11 @@ class Keys:
         return f"{self.prefix}:fresh:wake:{relay_id}"
 
     @property
+    def workers(self) -> str:
+        """Sorted set: worker name -> when it last reported (ms)."""
+        return f"{self.prefix}:workers"
+
+    @property
     def sweep(self) -> str:
         return f"{self.prefix}:sweep"
 

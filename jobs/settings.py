@@ -60,6 +60,9 @@ class Settings:
     # A file each worker touches every few seconds from its event loop, for a liveness probe
     # (`python -m worker.liveness FILE MAX_AGE_S`); "" = none.
     liveness_file: str = ""
+    # host:port where a worker serves its Prometheus metrics (GET /metrics); "" = none. Servers serve
+    # theirs on their HTTP side.
+    metrics_listen: str = ""
     # Job records a server keeps in memory for GetStatus, kept coherent by Redis (server/records.py);
     # about 4 kB each. 0 turns the cache off.
     record_cache_size: int = 5_000
@@ -203,6 +206,7 @@ ENV_VARS: dict[str, str] = {
     "TLS_KEY_FILE": "tls_key_file",
     "HEALTH_CHECK_INTERVAL_S": "health_check_interval_s",
     "LIVENESS_FILE": "liveness_file",
+    "METRICS_LISTEN": "metrics_listen",
     "RECORD_CACHE_SIZE": "record_cache_size",
     "API_KEYS_FILE": "api_keys_file",
     "JWT_HS256_SECRET": "jwt_hs256_secret",

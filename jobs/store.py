@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from jobs import metrics
 from jobs.errors import (
     HistoryAhead,
     IdempotencyConflict,
@@ -26,7 +27,7 @@ from jobs.errors import (
     RunSuperseded,
 )
 from jobs.keys import EVENT_ENTRY_FIELD, Keys, index_member
-from jobs.model import PRIVATE_FIELDS, EventType, F, Phase, Priority, State
+from jobs.model import PRIVATE_FIELDS, TERMINAL_STATES, ErrorCode, EventType, F, Phase, Priority, State
 from jobs.multiplex import MultiplexedRedis
 from jobs.scripts import lua_script
 from jobs.settings import Settings
@@ -118,10 +119,13 @@ class JobStore:
         ]
         outcome = await self._create(keys=keys, args=args)
         if outcome[0] == "created":
+            metrics.JOBS_CREATED.inc()
+            metrics.EVENTS_PUBLISHED.labels(EventType.STATE_CHANGED).inc()
             return fields, True
         if outcome[0] == "conflict":
             raise IdempotencyConflict(request_id, outcome[1])
         if outcome[0] == "quota":
+            metrics.REFUSED.labels("active_jobs").inc()
             raise QuotaExceeded(tenant, int(outcome[1]))
         return await self.get(outcome[1], tenant), False
 
@@ -302,11 +306,32 @@ class JobStore:
         keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live]
         outcome = await self._transition(keys=keys, args=args)
         self.on_write(job_id)
+        if outcome[0] == "ok":
+            _count(event, fields.get(F.STATE), claim_token != "", outcome[2])
         return outcome
 
     def new_call(self) -> str:
         """An id for one call of a script that changes a job, by which Redis knows a repeat of it."""
         return f"{self._caller}:{next(self._calls)}"
+
+
+def _count(event: EventType, state: str | None, claimed: bool, payload: str) -> None:
+    """The metrics of one applied change. (A repeated call, whose first reply was lost, counts
+    again: rare, and only while Redis is failing.)"""
+    metrics.EVENTS_PUBLISHED.labels(event).inc()
+    if not claimed and state not in TERMINAL_STATES:
+        return  # progress: the common case, counted without reading the record
+    record = json.loads(payload)
+    now_s = int(record[F.UPDATED_MS]) / 1000
+    if claimed:
+        metrics.ATTEMPTS.inc()
+        if record[F.ATTEMPTS] == "1":
+            metrics.JOB_QUEUE_WAIT.observe(max(now_s - int(record[F.CREATED_MS]) / 1000, 0))
+        return
+    metrics.JOBS_FINISHED.labels(state).inc()
+    metrics.JOB_DURATION.labels(state).observe(max(now_s - int(record[F.CREATED_MS]) / 1000, 0))
+    if state == State.FAILED:
+        metrics.JOBS_FAILED.labels(json.loads(record.get(F.ERROR) or "{}").get("code", ErrorCode.INTERNAL)).inc()
 
 
 def finish_fields(state: State, settings: Settings, message: str) -> dict[str, Any]:

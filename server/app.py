@@ -18,6 +18,7 @@ from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, 
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server import operations
 from server.access import Gatekeeper
@@ -26,6 +27,7 @@ from server.convert import Presigner
 from server.decoding import TolerantDecoding
 from server.health import HealthMonitor
 from server.http import HttpSide
+from server.metrics import GrpcMetrics
 from server.ratelimit import RateLimiter
 from server.records import RecordCache, StoredRecords
 from server.servicer import SERVICE_NAME, DownloadServicer
@@ -105,12 +107,13 @@ class LonghaulServer:
         limiter = RateLimiter(commands, store.keys, s, self._clock)
         queue = JobQueue(s)  # only counted (/queue-depth): the workers' relays enqueue
         self._exit_stack.push_async_callback(queue.close)
-        self._http = HttpSide(store, presigner, self._health, authenticator, limiter, queue)
+        workers = WorkerRegistry(redis, store.keys)
+        self._http = HttpSide(store, presigner, self._health, authenticator, limiter, queue, workers)
 
         guarded = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection
         server = grpc.aio.server(
             options=SERVER_OPTIONS,
-            interceptors=[TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)],
+            interceptors=[GrpcMetrics(), TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)],
         )
         pb_grpc.add_DownloadServiceServicer_to_server(
             DownloadServicer(s, store, records, self._hub, presigner, s3), server

@@ -14,6 +14,7 @@ from typing import Any
 from grpc_health.v1 import health, health_pb2
 from redis.asyncio import Redis
 
+from jobs import metrics
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class HealthMonitor:
             for name, result in zip(("redis", "storage"), results, strict=True)
         }
         healthy = self.healthy = results[0] is True
+        metrics.DEPENDENCY_UP.labels("redis").set(healthy)
+        metrics.DEPENDENCY_UP.labels("s3").set(results[1] is True)
         self.degraded = healthy and results[1] is not True
         status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in self._services:

@@ -7,6 +7,9 @@
     GET /queue-depth                 {"backlog": n, ...}: jobs not yet finished, by where they are, for
                                      autoscaling the workers (KEDA's metrics-api trigger); not routed
                                      by Envoy
+    GET /metrics                     the server's Prometheus metrics (jobs/metrics.py, server/metrics.py),
+                                     with the queue depth and workers alive read at scrape time; not
+                                     routed by Envoy
     GET /v1/download/{job_id}/file   302 to a fresh presigned URL once COMPLETED, 409 with the state before
                                      (authenticated and rate limited like the gRPC API)
     GET / and its files              the browser page (clients/web, built by `make web` into dist/)
@@ -25,9 +28,11 @@ import grpc
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 
+from jobs import metrics
 from jobs.model import F, State
 from jobs.queue import JobQueue
 from jobs.store import JobStore
+from jobs.workers import WorkerRegistry
 from server import validation
 from server.auth import Authenticator
 from server.convert import Presigner
@@ -73,9 +78,11 @@ class HttpSide:
         authenticator: Authenticator,
         limiter: RateLimiter,
         queue: JobQueue,
+        workers: WorkerRegistry,
     ) -> None:
         self._store = store
         self._queue = queue
+        self._workers = workers
         self._presigner = presigner
         self._health = health
         self._authenticator = authenticator
@@ -88,6 +95,7 @@ class HttpSide:
         app.router.add_get("/health", self._health_check)
         app.router.add_get("/livez", self._alive)
         app.router.add_get("/queue-depth", self._queue_depth)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/download/{job_id}/file", self._file)
         app.router.add_get("/", self._page)
         for name in WEB_FILES:
@@ -115,10 +123,25 @@ class HttpSide:
         # Jobs a relay has not enqueued yet are in the fresh list, not in bullmq: with no worker
         # running, that is where all of them wait, and a count of bullmq's keys alone would say 0.
         try:
-            depth = {"fresh": await self._store.fresh_count(), **await self._queue.counts()}
+            depth = await self._depth()
         except Exception as error:  # noqa: BLE001 - each is mapped in errors.status_for
             return _failure(error, ())
         return _json(200, {"backlog": sum(depth.values()), **depth})
+
+    async def _depth(self) -> dict[str, int]:
+        return {"fresh": await self._store.fresh_count(), **await self._queue.counts()}
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        try:
+            depth, alive = await self._depth(), await self._workers.alive()
+        except Exception:  # noqa: BLE001 - Redis away: no figures rather than stale ones
+            metrics.QUEUE_JOBS.clear()
+            metrics.WORKERS_ALIVE.set(float("nan"))
+        else:
+            for state, count in depth.items():
+                metrics.QUEUE_JOBS.labels(state).set(count)
+            metrics.WORKERS_ALIVE.set(alive)
+        return await metrics.metrics_response(request)
 
     async def _alive(self, request: web.Request) -> web.Response:
         return _json(200, {"status": "alive"})

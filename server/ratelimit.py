@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from jobs import metrics
 from jobs.keys import Keys
 from jobs.multiplex import MultiplexedRedis
 from jobs.settings import Settings
@@ -106,7 +107,7 @@ class RateLimiter:
                 self._windows = {t: w for t, w in self._windows.items() if w.second == second}
             window = self._windows[tenant] = _Window(second)
         if window.spent:
-            raise RateLimited(Allowance(limit, 0, second + 1 - now))
+            raise self._refuse(Allowance(limit, 0, second + 1 - now))
         if not window.leased:
             key = self._keys.rate(tenant_slug(tenant), second)
             count = await self._lease(keys=[key], args=[lease_size])
@@ -114,7 +115,12 @@ class RateLimiter:
             window.leased += max(0, min(lease_size, limit - (count - lease_size)))
             if not window.leased:
                 window.spent = True
-                raise RateLimited(Allowance(limit, 0, second + 1 - now))
+                raise self._refuse(Allowance(limit, 0, second + 1 - now))
         window.leased -= 1
         remaining = max(limit - window.count, 0) + window.leased
         return Allowance(limit, remaining, second + 1 - now)
+
+    @staticmethod
+    def _refuse(allowance: Allowance) -> RateLimited:
+        metrics.REFUSED.labels("rate_limit").inc()
+        return RateLimited(allowance)

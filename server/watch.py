@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from jobs import metrics
 from jobs.errors import JobNotFound
 from jobs.keys import CHANNEL_SEPARATOR, Keys
 from jobs.model import TERMINAL_STATES, EventType, F, State
@@ -64,9 +65,11 @@ class WatchHub:
         if self._closed:
             inbox.put_nowait(SHUTDOWN)  # a watch that slipped in while the server stops
         self._inboxes.setdefault(job_id, set()).add(inbox)
+        metrics.WATCH_STREAMS.inc()
         try:
             yield inbox
         finally:
+            metrics.WATCH_STREAMS.dec()
             boxes = self._inboxes[job_id]
             boxes.discard(inbox)
             if not boxes:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from jobs.logs import setup_logging
+from jobs.metrics import serve_metrics
 from jobs.settings import ConfigError, Settings
 from worker.liveness import keep_touching
 from worker.runner import WorkerRunner
@@ -20,6 +21,7 @@ async def work(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    metrics = await serve_metrics(settings.metrics_listen) if settings.metrics_listen else None
     await runner.start()
     alive = asyncio.create_task(keep_touching(Path(settings.liveness_file))) if settings.liveness_file else None
     await stop.wait()
@@ -27,6 +29,8 @@ async def work(settings: Settings) -> None:
     await runner.stop()
     if alive is not None:
         alive.cancel()
+    if metrics is not None:
+        await metrics.cleanup()
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ import hashlib
 import logging
 from typing import Any
 
+from jobs import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -117,6 +119,7 @@ class MultipartSink:
                 Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
             )
             self._parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+            metrics.UPLOADED_BYTES.inc(len(body))
         except BaseException as exc:
             self._failure = exc
             raise

@@ -19,12 +19,14 @@ from bullmq.custom_errors import DelayedError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from jobs import metrics
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
 from jobs.errors import RunSuperseded
 from jobs.model import ErrorCode, EventType, F, Phase, State
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore, finish_fields
+from jobs.workers import WorkerRegistry
 from worker.failures import retry_delay_ms, transient_code
 from worker.housekeeping import Housekeeper
 from worker.pipeline import PermanentJobError, build_archive
@@ -71,6 +73,7 @@ class WorkerRunner:
         self._store = JobStore(self._redis, settings, self._commands)
         self._queue = JobQueue(settings)
         self._relay = Relay(self._redis, self._store.keys, self._queue)
+        self._registry = WorkerRegistry(self._redis, self._store.keys)
         self._running: dict[str, asyncio.Task[int | None]] = {}  # job id -> its run
         self._cancelled: set[asyncio.Task[int | None]] = set()  # runs stopped by a user's cancel
         self._superseded: set[asyncio.Task[int | None]] = set()  # runs stopped by a later delivery
@@ -81,6 +84,7 @@ class WorkerRunner:
         self._worker: Any = None
         self._cancel_listener: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._reporting: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -94,6 +98,7 @@ class WorkerRunner:
         self._housekeeping = asyncio.create_task(housekeeper.run())
         self._worker = self._queue.worker(self._process, self.name)
         self._relay.start()
+        self._reporting = asyncio.create_task(self._registry.keep_reporting(self.name))
         log.info("worker %s taking jobs from queue %r", self.name, self.settings.queue_name)
 
     async def stop(self) -> None:
@@ -110,8 +115,11 @@ class WorkerRunner:
         await self._relay.close()
         if self._worker is not None:
             await self._close_worker()
-        background = [task for task in (self._cancel_listener, self._housekeeping) if task is not None]
+        background = [task for task in (self._cancel_listener, self._housekeeping, self._reporting) if task is not None]
         await cancel_until_done([*background, *self._recording])
+        if self._reporting is not None:
+            with contextlib.suppress(Exception):  # Redis away: the entry ages out by itself
+                await self._registry.leave(self.name)
         await self._queue.close()
         await self._exit_stack.aclose()
         await self._commands.aclose()
@@ -268,6 +276,8 @@ class WorkerRunner:
             F.NEXT_ATTEMPT_MS: int(time.time() * 1000) + delay_ms,
         }
         await self._record_state(job_id, token, fields, message, error)
+        if error is not None:
+            metrics.RETRIES.labels(error["code"]).inc()
 
     async def _finish(
         self,

@@ -59,6 +59,8 @@ def running_stack(tmp_path_factory):
         "http": free_port(reserved),
         "envoy": free_port(reserved),
         "admin": free_port(reserved),
+        "envoy_metrics": free_port(reserved),
+        "worker_metrics": free_port(reserved, also_free=(1,)),  # and the next, for the second worker
         "redis": free_port(reserved),
         "s3": free_port(reserved, also_free=(10000,)),
     }
@@ -68,6 +70,8 @@ def running_stack(tmp_path_factory):
         HTTP_LISTEN=f"127.0.0.1:{ports['http']}",
         ENVOY_PORT=str(ports["envoy"]),
         ENVOY_ADMIN_PORT=str(ports["admin"]),
+        ENVOY_METRICS_PORT=str(ports["envoy_metrics"]),
+        METRICS_LISTEN=f"127.0.0.1:{ports['worker_metrics']}",
         REDIS_URL=f"redis://127.0.0.1:{ports['redis']}/0",
         S3_ENDPOINT=f"http://127.0.0.1:{ports['s3']}",
         LONGHAUL_DATA_DIR=str(tmp_path_factory.mktemp("stack")),

@@ -31,6 +31,7 @@ class Gateway:
     servers: list[ManagedProcess]
     worker: ManagedProcess
     envoy: ManagedProcess
+    upstreams: list[tuple[int, int]]  # each server's (gRPC port, HTTP port)
 
     @property
     def server(self) -> ManagedProcess:
@@ -87,7 +88,7 @@ def start_gateway(
         for proc in reversed(started):
             proc.stop()
         raise
-    return Gateway(settings, envoy_port, started[:replicas], worker, envoy)
+    return Gateway(settings, envoy_port, started[:replicas], worker, envoy, upstreams)
 
 
 def stop_gateway(gateway: Gateway) -> None:
