@@ -74,10 +74,18 @@ $(VENV)/.browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@touch $@
 
+# Debian's Prometheus, for the observability tests only: its server and promtool. The package starts
+# its own service where it can; the tests start theirs on free ports, so that one is stopped.
+$(VENV)/.prometheus:
+	@command -v promtool >/dev/null || { echo "installing prometheus with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		if command -v service >/dev/null; then service prometheus stop >/dev/null 2>&1 || true; fi; }
+	@touch $@
+
 run: install
 	$(PY) -m devstack
 
-test: install lint $(VENV)/.browser images
+test: install lint $(VENV)/.browser $(VENV)/.prometheus images
 	$(PY) -m pytest
 
 # Container images: localhost/longhaul:dev (deploy/Containerfile) and stand-ins for the public Envoy,

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -133,6 +134,34 @@ def test_the_banner_says_where_to_connect(running_stack) -> None:
     assert page_url in banner
     with urllib.request.urlopen(page_url, timeout=10) as reply:
         assert "<title>Longhaul downloads</title>" in reply.read().decode()
+
+
+def test_the_banner_says_where_the_metrics_are_and_each_place_serves_them(running_stack) -> None:
+    _, ports, _, banner = running_stack
+    worker = ports["worker_metrics"]
+    assert re.findall(r"http://\S+", banner.split("Metrics", 1)[1].split("Logs", 1)[0]) == [
+        f"http://127.0.0.1:{ports['http']}/metrics",
+        f"http://127.0.0.1:{worker}/metrics",
+        f"http://127.0.0.1:{worker + 1}/metrics",
+        f"http://127.0.0.1:{ports['envoy_metrics']}/stats/prometheus",
+    ]
+    expected = {  # a family each process alone reports
+        ports["http"]: "grpc_server_handled_total",
+        worker: "download_job_attempts_total",
+        worker + 1: "download_job_attempts_total",
+    }
+    for port, family in expected.items():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            assert reply.headers["content-type"].startswith("text/plain; version=")  # the text format
+            assert f"\n{family}" in reply.read().decode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['envoy_metrics']}/stats/prometheus", timeout=10) as reply:
+        assert "envoy_http_downstream_rq_total" in reply.read().decode()
+    # Nothing else of Envoy's admin API is reachable there.
+    for path in ("/config_dump", "/quitquitquit", "/stats"):
+        request = urllib.request.Request(f"http://127.0.0.1:{ports['envoy_metrics']}{path}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 404, path
 
 
 def test_reflection_and_health_through_envoy(running_stack) -> None:
