@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import idle, notify, polling, queue, transfer, unary
+from bench import idle, notify, observability, polling, queue, transfer, unary
 from bench.env import BenchEnv, bench_env
 from bench.report import Row, table
 
@@ -46,6 +46,7 @@ BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {
     "queue": lambda env, sizes: queue.run(env, sizes.start_samples, sizes.queue_jobs, sizes.rounds),
     "transfer": lambda env, sizes: transfer.run(env, sizes.small_mb, sizes.large_mb, sizes.rounds),
     "polling": lambda env, sizes: polling.run(),
+    "observability": lambda env, sizes: observability.run(env, sizes.duration_s, sizes.rounds),
 }
 
 

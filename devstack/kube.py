@@ -76,6 +76,8 @@ def _config_map(name: str, data: dict[str, str]) -> dict:
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 LOCAL_IMAGES = {"longhaul:dev": "localhost/longhaul:dev", "envoyproxy/envoy:v1.40.0": "localhost/envoy:dev"}
 _SECRET_ENV = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
+# On the host's network every worker would take the same metrics port: the overlay leaves it off.
+_HOST_PORT_ENV = {"METRICS_LISTEN"}
 
 
 def _documents(name: str) -> list[dict]:
@@ -134,7 +136,8 @@ def _init_run(init: dict, pod: dict, assets: Path) -> list[str]:
 
 def _local_container(container: dict, key_file: str) -> None:
     container["image"] = LOCAL_IMAGES[container["image"]]
-    container["env"] = [e for e in container.get("env", []) if e["name"] not in _SECRET_ENV]  # in the ConfigMap here
+    # Secrets are in the ConfigMap here.
+    container["env"] = [e for e in container.get("env", []) if e["name"] not in _SECRET_ENV | _HOST_PORT_ENV]
     container.pop("lifecycle", None)  # preStop hooks are not podman's
     container.pop("ports", None)  # on the host's network
     # podman runs probes as systemd timers, and without systemd a restarted container's state goes

@@ -63,6 +63,8 @@ class Settings:
     # host:port where a worker serves its Prometheus metrics (GET /metrics); "" = none. Servers serve
     # theirs on their HTTP side.
     metrics_listen: str = ""
+    # 1: count every gRPC call (grpc_server_* metrics); 0: not (job metrics stay on).
+    grpc_metrics: int = 1
     # Job records a server keeps in memory for GetStatus, kept coherent by Redis (server/records.py);
     # about 4 kB each. 0 turns the cache off.
     record_cache_size: int = 5_000
@@ -178,6 +180,8 @@ class Settings:
             raise ConfigError("PRESIGN_TTL_S must be between 1 and 604800 (the 7 days S3 signatures allow)")
         if self.record_cache_size < 0:
             raise ConfigError("RECORD_CACHE_SIZE must be 0 (off) or more")
+        if self.grpc_metrics not in (0, 1):
+            raise ConfigError("GRPC_METRICS must be 1 (count every gRPC call) or 0")
         if self.housekeeping_interval_s <= 0:
             raise ConfigError("HOUSEKEEPING_INTERVAL_S must be positive")
 
@@ -207,6 +211,7 @@ ENV_VARS: dict[str, str] = {
     "HEALTH_CHECK_INTERVAL_S": "health_check_interval_s",
     "LIVENESS_FILE": "liveness_file",
     "METRICS_LISTEN": "metrics_listen",
+    "GRPC_METRICS": "grpc_metrics",
     "RECORD_CACHE_SIZE": "record_cache_size",
     "API_KEYS_FILE": "api_keys_file",
     "JWT_HS256_SECRET": "jwt_hs256_secret",

@@ -111,10 +111,10 @@ class LonghaulServer:
         self._http = HttpSide(store, presigner, self._health, authenticator, limiter, queue, workers)
 
         guarded = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection
-        server = grpc.aio.server(
-            options=SERVER_OPTIONS,
-            interceptors=[GrpcMetrics(), TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)],
-        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)]
+        if s.grpc_metrics:
+            interceptors.insert(0, GrpcMetrics())  # outermost: calls the door refuses are counted too
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         pb_grpc.add_DownloadServiceServicer_to_server(
             DownloadServicer(s, store, records, self._hub, presigner, s3), server
         )

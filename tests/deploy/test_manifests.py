@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from devstack.kube import envoy_file, envoy_in_cluster
-from devstack.services import ROOT
+from devstack.services import ROOT, SERVER_CLUSTERS
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 BIN = Path(sys.executable).parent
@@ -56,10 +56,15 @@ def test_the_clusters_envoy_configuration_is_envoy_yaml_with_servers_found_by_dn
     shipped = (KUBERNETES / "envoy" / "envoy.yaml").read_text()
     assert shipped == envoy_file(envoy_in_cluster()), "run `make deploy-config` after changing envoy.yaml"
     config = yaml.safe_load(shipped)
-    for cluster in config["static_resources"]["clusters"]:
-        assert cluster["cluster_type"]["name"] == "envoy.cluster.dns"
-        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    clusters = {cluster["name"]: cluster for cluster in config["static_resources"]["clusters"]}
+    for name in SERVER_CLUSTERS:
+        assert clusters[name]["cluster_type"]["name"] == "envoy.cluster.dns"
+        address = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
         assert address["socket_address"]["address"] == "longhaul-server"
+    # Envoy's own admin API, behind the metrics listener, stays on the pod's loopback.
+    admin = clusters["envoy_admin"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    admin_port = config["admin"]["address"]["socket_address"]["port_value"]
+    assert admin["socket_address"] == {"address": "127.0.0.1", "port_value": admin_port}
     service = next(doc for doc in documents(KUBERNETES / "server.yaml") if doc["kind"] == "Service")
     assert service["metadata"]["name"] == "longhaul-server" and service["spec"]["clusterIP"] == "None"
 
