@@ -1,10 +1,20 @@
-"""Logging set-up shared by the process entry points, with secrets redacted from every line."""
+"""Logging set-up shared by the process entry points, with secrets redacted from every line.
+
+LOG_FORMAT=json writes one JSON object per line (time, level, logger, message, and the job_id and
+tenant of the request or job the line concerns), for log pipelines; the default is plain text.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import os
 import re
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
 
 # What must never reach a log, whoever logs it (our code, grpc, botocore, aiohttp) and wherever it
 # hides (a message, an argument, a traceback): bearer tokens, API keys (their id stays, to tell keys
@@ -31,6 +41,35 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+# What the current request or job is about (job_id, tenant): each RPC and each job runs in a task of
+# its own, so a context variable holds exactly its own.
+_FIELDS: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("log_fields", default=MappingProxyType({}))
+
+
+def bind(**fields: str) -> None:
+    """Adds fields to every line logged from here on in the current task (and the tasks it starts)."""
+    _FIELDS.set({**_FIELDS.get(), **fields})
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, process: str) -> None:
+        super().__init__()
+        self._process = process
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+            "process": self._process,
+            **_FIELDS.get(),
+        }
+        if record.exc_info:
+            line["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(line, ensure_ascii=False)
+
+
 _GRPC_BAD_METADATA = "Invalid encoding on "
 
 
@@ -51,7 +90,13 @@ class ClientMistakes(logging.Filter):
 
 def setup_logging(process: str) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter(f"%(asctime)s {process}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    log_format = os.environ.get("LOG_FORMAT", "text")
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(process))
+    elif log_format == "text":
+        handler.setFormatter(RedactingFormatter(f"%(asctime)s {process}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    else:
+        sys.exit(f"{process}: LOG_FORMAT={log_format!r}: use text or json")
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), handlers=[handler])
     # botocore logs every retry and credential lookup at INFO.
     logging.getLogger("botocore").setLevel(logging.WARNING)

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from jobs.logs import bind
 from server.auth import Authenticator
 from server.caller import CALLER, Caller
 from server.errors import abort
@@ -51,6 +52,7 @@ class Gatekeeper(PerMethodInterceptor):
             allowance = await self._limiter.hit(tenant)
         except Exception as error:  # noqa: BLE001 - each is mapped in errors.status_for
             await abort(context, error)
+        bind(tenant=tenant)
         over_http = any(name in _SET_BY_HTTP_GATEWAYS for name, _ in metadata)
         caller = Caller(tenant, allowance.headers if allowance else (), over_http)
         CALLER.set(caller)

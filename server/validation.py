@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from jobs.logs import bind
 from jobs.model import MAX_FILE_ID, MAX_FILES_PER_JOB, MAX_REQUEST_ID_LEN, MIN_FILE_ID, Priority
 from longhaul.download.v1 import download_pb2 as pb
 
@@ -71,9 +72,11 @@ def initiate(request: pb.InitiateDownloadRequest) -> tuple[list[int], str, Prior
 
 
 def job_id(value: str, field: str = "job_id") -> str:
+    """The call's job id, valid; it also labels the call's log lines from here on."""
     if not _JOB_ID.fullmatch(value):
         what = "is required" if not value else f"must be a job id as returned by InitiateDownload, got {_shown(value)}"
         raise InvalidRequest([(field, what)])
+    bind(job_id=value)
     return value
 
 

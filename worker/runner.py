@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from jobs import metrics
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
 from jobs.errors import RunSuperseded
+from jobs.logs import bind
 from jobs.model import ErrorCode, EventType, F, Phase, State
 from jobs.queue import JobQueue
 from jobs.settings import Settings
@@ -154,12 +155,14 @@ class WorkerRunner:
 
     async def _process(self, queue_job: QueueJob, queue_token: str) -> None:
         job_id = queue_job.data["job_id"]
+        bind(job_id=job_id)  # this task's log lines, and its run's
         await self._stop_earlier_run(job_id)
         run_token = uuid.uuid4().hex
         record = await self._store.claim(job_id, self.name, run_token)
         if record is None:
             log.info("job %s is already over (cancelled, finished or expired); skipping", job_id)
             return
+        bind(tenant=record.get(F.TENANT, ""))
         attempt = int(record[F.ATTEMPTS])
         if attempt > self.settings.max_attempts:
             message = (
