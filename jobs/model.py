@@ -88,6 +88,7 @@ class F:
     NEXT_ATTEMPT_MS = "next_attempt_ms"
     WORKER = "worker"
     FILE_IDS = "file_ids"  # JSON list; left out of events
+    TRACEPARENT = "traceparent"  # W3C trace context of the call that created the job (tracing on only)
     PRIORITY = "priority"
     REQUEST_ID = "request_id"
     TENANT = "tenant"  # who created the job and alone may see it
@@ -102,7 +103,7 @@ class F:
 
 
 # Record fields no event and no reader outside the store sees.
-PRIVATE_FIELDS = frozenset({F.FILE_IDS, F.TOKEN, F.CALL})
+PRIVATE_FIELDS = frozenset({F.FILE_IDS, F.TOKEN, F.CALL, F.TRACEPARENT})
 
 
 # Limits of InitiateDownload, from the original HTTP service.

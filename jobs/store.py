@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from jobs import metrics
+from jobs import metrics, tracing
 from jobs.errors import (
     HistoryAhead,
     IdempotencyConflict,
@@ -101,6 +101,8 @@ class JobStore:
             F.ARTIFACT_KEY: artifact_key(self.settings.redis_prefix, slug, job_id),
             F.SEQ: "1",
         }
+        if tracing.enabled() and (traceparent := tracing.current_traceparent()):
+            fields[F.TRACEPARENT] = traceparent
         k = self.keys
         keys = [k.job(job_id), k.events(job_id), k.index(slug), k.active(slug), k.live, k.fresh]
         if request_id:
@@ -221,7 +223,7 @@ class JobStore:
         )
         if outcome[0] != "ok":
             return None
-        return json.loads(outcome[2]) | {F.FILE_IDS: outcome[3]}
+        return json.loads(outcome[2]) | {F.FILE_IDS: outcome[3], F.TRACEPARENT: outcome[4]}
 
     async def report(
         self,

@@ -11,6 +11,7 @@ import uvloop
 
 from jobs.logs import setup_logging
 from jobs.settings import ConfigError, Settings
+from jobs.tracing import setup_tracing
 from server.app import LonghaulServer
 
 
@@ -28,11 +29,14 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     setup_logging("server")
+    stop_tracing = setup_tracing("server")
     try:
         # uvloop: the same asyncio API with a faster loop; grpc.aio runs on it unchanged.
         uvloop.run(serve(Settings.from_env()))
     except ConfigError as error:
         sys.exit(f"server: {error}")
+    finally:
+        stop_tracing()  # sends the spans still batched
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from jobs import tracing
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
 from jobs.queue import JobQueue
 from jobs.settings import Settings
@@ -114,6 +116,8 @@ class LonghaulServer:
         interceptors: list[grpc.aio.ServerInterceptor] = [TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)]
         if s.grpc_metrics:
             interceptors.insert(0, GrpcMetrics())  # outermost: calls the door refuses are counted too
+        if tracing.enabled():
+            interceptors.insert(0, aio_server_interceptor())  # a span for each call, continuing the caller's trace
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         pb_grpc.add_DownloadServiceServicer_to_server(
             DownloadServicer(s, store, records, self._hub, presigner, s3), server

@@ -11,6 +11,7 @@ from pathlib import Path
 from jobs.logs import setup_logging
 from jobs.metrics import serve_metrics
 from jobs.settings import ConfigError, Settings
+from jobs.tracing import setup_tracing
 from worker.liveness import keep_touching
 from worker.runner import WorkerRunner
 
@@ -35,10 +36,13 @@ async def work(settings: Settings) -> None:
 
 def main() -> None:
     setup_logging("worker")
+    stop_tracing = setup_tracing("worker")
     try:
         asyncio.run(work(Settings.from_env()))
     except ConfigError as error:
         sys.exit(f"worker: {error}")
+    finally:
+        stop_tracing()  # sends the spans still batched
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ from typing import Any
 
 from bullmq import Job as QueueJob
 from bullmq.custom_errors import DelayedError
+from opentelemetry import trace
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from jobs import metrics
+from jobs import metrics, tracing
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
 from jobs.errors import RunSuperseded
 from jobs.logs import bind
@@ -42,6 +43,8 @@ _HAND_BACK_S = 5.0
 # How long a run's final state change (a result, a failure, a hand-back) is retried while Redis is
 # unreachable before the runner gives up on it (and bullmq, then the reconciler, take over).
 _RECORD_PATIENCE_S = 60.0
+
+_TRACER = trace.get_tracer("longhaul.worker")
 
 
 async def cancel_until_done(tasks: list[asyncio.Task[Any]], every_s: float = 1.0) -> None:
@@ -89,9 +92,8 @@ class WorkerRunner:
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._s3 = await self._exit_stack.enter_async_context(
-            s3_session().client("s3", **s3_client_kwargs(self.settings))
-        )
+        s3 = await self._exit_stack.enter_async_context(s3_session().client("s3", **s3_client_kwargs(self.settings)))
+        self._s3 = tracing.TracedS3(s3) if tracing.enabled() else s3
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self._store.keys.cancel_channel)
         self._cancel_listener = asyncio.create_task(self._listen_for_cancels(pubsub))
@@ -172,7 +174,8 @@ class WorkerRunner:
             await self._finish(job_id, run_token, State.FAILED, message, {"code": ErrorCode.TOO_MANY_ATTEMPTS, "retryable": True})
             return
         file_ids = json.loads(record[F.FILE_IDS])
-        task = asyncio.create_task(self._run(job_id, run_token, attempt, record[F.ARTIFACT_KEY], file_ids))
+        run = self._run(job_id, run_token, attempt, record[F.ARTIFACT_KEY], file_ids, record[F.TRACEPARENT])
+        task = asyncio.create_task(run)
         self._running[job_id] = task
         try:
             retry_in_ms = await asyncio.wait_for(task, self.settings.attempt_timeout_s)
@@ -211,8 +214,18 @@ class WorkerRunner:
         earlier.cancel()
         await asyncio.wait([earlier])
 
-    async def _run(self, job_id: str, token: str, attempt: int, key: str, file_ids: list[int]) -> int | None:
-        """Runs one attempt; returns the delay before the next attempt, or None when done."""
+    async def _run(
+        self, job_id: str, token: str, attempt: int, key: str, file_ids: list[int], traceparent: str
+    ) -> int | None:
+        """Runs one attempt; returns the delay before the next attempt, or None when done. The attempt
+        is a span of its own, linked to the call that created the job (jobs/tracing.py)."""
+        attributes: dict[str, str | int] = {"job_id": job_id, "job.attempt": attempt}
+        with _TRACER.start_as_current_span(
+            "download.attempt", kind=trace.SpanKind.CONSUMER, links=tracing.link_to(traceparent), attributes=attributes
+        ):
+            return await self._attempt(job_id, token, attempt, key, file_ids)
+
+    async def _attempt(self, job_id: str, token: str, attempt: int, key: str, file_ids: list[int]) -> int | None:
         s = self.settings
         paced_s = random.uniform(s.delay_min_ms, s.delay_max_ms) / 1000
         progress = Progress(self._store, job_id, token, paced_s)

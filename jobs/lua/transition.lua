@@ -18,8 +18,10 @@ local expect_token, claim_token, call = ARGV[5], ARGV[6], ARGV[11]
 
 local function answer(seq, payload)
   if claim_token ~= "" then
-    -- The claiming worker needs the file ids next: saves it a round trip.
-    return {"ok", seq, payload, redis.call("HGET", KEYS[1], F.FILE_IDS)}
+    -- The claiming worker needs the file ids next, and the creating call's trace context: saves it
+    -- a round trip.
+    local private = redis.call("HMGET", KEYS[1], F.FILE_IDS, F.TRACEPARENT)
+    return {"ok", seq, payload, private[1], private[2] or ""}
   end
   return {"ok", seq, payload}
 end
