@@ -56,6 +56,18 @@ def current_traceparent() -> str:
     return carrier.get(TRACEPARENT, "")
 
 
+def current_trace_id() -> str:
+    """The trace id of the current span, in hex; "" when there is none (tracing off)."""
+    context = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(context.trace_id) if context.is_valid else ""
+
+
+def trace_id_of(traceparent: str) -> str:
+    """The trace id a W3C traceparent names; "" when it is not one."""
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+
+
 def link_to(traceparent: str) -> list[trace.Link]:
     """A link to the span a traceparent names, for a span that follows from it in a trace of its own."""
     if not traceparent:

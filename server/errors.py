@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -19,6 +19,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from redis.exceptions import RedisError
 
+from jobs import tracing
 from jobs.errors import HistoryAhead, IdempotencyConflict, JobAlreadyFinished, JobNotFound, QuotaExceeded
 from server.auth import WWW_AUTHENTICATE, Unauthenticated
 from server.caller import reply_headers
@@ -111,11 +112,16 @@ HTTP_STATUS = {
 }
 
 
-def error_status(error: Exception) -> tuple[grpc.StatusCode, status_pb2.Status]:
-    """The status a handler's failure leaves with, details packed; unexpected ones are logged."""
+def error_status(error: Exception, request_id: str = "") -> tuple[grpc.StatusCode, status_pb2.Status]:
+    """The status a handler's failure leaves with, details packed; unexpected ones are logged.
+
+    `request_id` (the trace id when tracing is on, else Envoy's x-request-id) goes in a
+    google.rpc.RequestInfo, so that a person reporting the error can name the request."""
     code, message, details = status_for(error)
     if code == grpc.StatusCode.INTERNAL:
         log.error("unexpected error in a handler", exc_info=error)
+    if request_id:
+        details = [*details, error_details_pb2.RequestInfo(request_id=request_id)]
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
     for detail in details:
         packed = any_pb2.Any()
@@ -124,8 +130,18 @@ def error_status(error: Exception) -> tuple[grpc.StatusCode, status_pb2.Status]:
     return code, status
 
 
+def request_id(headers: Iterable[tuple[str, Any]]) -> str:
+    """What names this request to support: its trace id (this server's span when tracing is on, else
+    the traceparent the caller sent), else the x-request-id Envoy gives every request; "" for a
+    direct call with neither."""
+    if trace_id := tracing.current_trace_id():
+        return trace_id
+    sent = {k.lower(): str(v) for k, v in headers if k.lower() in ("traceparent", "x-request-id")}
+    return tracing.trace_id_of(sent.get("traceparent", "")) or sent.get("x-request-id", "")
+
+
 async def abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
-    code, status = error_status(error)
+    code, status = error_status(error, request_id(context.invocation_metadata() or ()))
     metadata = (*reply_headers(), *error_headers(error), ("grpc-status-details-bin", status.SerializeToString()))
     await context.abort(code, status.message, trailing_metadata=metadata)
 

@@ -36,7 +36,7 @@ from jobs.workers import WorkerRegistry
 from server import validation
 from server.auth import Authenticator
 from server.convert import Presigner
-from server.errors import HTTP_STATUS, error_headers, error_status
+from server.errors import HTTP_STATUS, error_headers, error_status, request_id
 from server.health import HealthMonitor
 from server.ratelimit import RateLimiter
 
@@ -49,9 +49,9 @@ def _json(status: int, body: dict[str, Any], headers: Any = ()) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=dict(headers))
 
 
-def _failure(error: Exception, headers: Any) -> web.Response:
+def _failure(error: Exception, headers: Any, request: web.Request | None = None) -> web.Response:
     """Whatever the gRPC side would answer for the same failure, as REST gets it through Envoy."""
-    code, status = error_status(error)
+    code, status = error_status(error, request_id(request.headers.items()) if request is not None else "")
     return _json(HTTP_STATUS[code], MessageToDict(status), (*headers, *error_headers(error)))
 
 
@@ -160,7 +160,7 @@ class HttpSide:
             job_id = validation.job_id(request.match_info["job_id"])
             job = await self._store.get(job_id, tenant, with_file_ids=False)
         except Exception as error:  # noqa: BLE001 - each is mapped in errors.status_for
-            return _failure(error, headers)
+            return _failure(error, headers, request)
         if job[F.STATE] != State.COMPLETED:
             # 409 rather than FAILED_PRECONDITION's 400: the request is fine, the job is not there yet.
             return _json(

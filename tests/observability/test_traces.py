@@ -9,6 +9,7 @@ import os
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -29,6 +31,7 @@ from longhaul_client import Client
 from tests.conftest import SMALL_IDS
 from tests.credentials import BEARER, TOKEN
 from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
+from tests.web_clients import rest
 
 
 class Receiver:
@@ -143,3 +146,32 @@ def gateway_without_tracing(base_settings, work_dir: Path):
     yield gateway, client
     client.close()
     stop_gateway(gateway)
+
+
+def request_info(details: list) -> list[str]:
+    """The request ids of an error's google.rpc.RequestInfo details (REST JSON)."""
+    return [d["requestId"] for d in details if d["@type"].endswith("google.rpc.RequestInfo")]
+
+
+def test_every_error_names_its_trace(traced) -> None:
+    """REST body and gRPC trailer alike: a support request can name the trace."""
+    gateway, _ = traced
+    trace_id = secrets.token_hex(16)
+    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    status, _, body = rest(gateway.port, "GET", f"/v1/download/status/{uuid.uuid4()}", headers={"traceparent": traceparent})
+    assert status == 404 and request_info(body["details"]) == [trace_id], body
+    status, _, body = rest(gateway.port, "GET", f"/v1/download/{uuid.uuid4()}/file", headers={"traceparent": traceparent})
+    assert status == 404 and request_info(body["details"]) == [trace_id], body  # the server's HTTP side
+    with grpc.insecure_channel(gateway.address) as channel, pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.DownloadServiceStub(channel).GetStatus(
+            pb.GetStatusRequest(job_id=str(uuid.uuid4())), metadata=(*BEARER, ("traceparent", traceparent))
+        )
+    status_detail = dict(refused.value.trailing_metadata())["grpc-status-details-bin"]
+    info = error_details_pb2.RequestInfo()
+    assert [d.Unpack(info) and info.request_id for d in status_pb2.Status.FromString(status_detail).details] == [trace_id]
+
+
+def test_without_tracing_an_error_names_envoys_request_id(gateway_without_tracing) -> None:
+    gateway, _ = gateway_without_tracing
+    status, headers, body = rest(gateway.port, "GET", f"/v1/download/status/{uuid.uuid4()}")
+    assert status == 404 and request_info(body["details"]) == [headers["x-request-id"]], body
