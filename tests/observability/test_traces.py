@@ -6,6 +6,7 @@ carries the job id, and S3 spans as children of the attempt."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import threading
 import time
@@ -28,7 +29,8 @@ from devstack.processes import free_port
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from longhaul_client import Client
-from tests.conftest import SMALL_IDS
+from tests.clients.test_cli import longhaul
+from tests.conftest import MISSING_IDS, SMALL_IDS
 from tests.credentials import BEARER, TOKEN
 from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
 from tests.web_clients import rest
@@ -175,3 +177,21 @@ def test_without_tracing_an_error_names_envoys_request_id(gateway_without_tracin
     gateway, _ = gateway_without_tracing
     status, headers, body = rest(gateway.port, "GET", f"/v1/download/status/{uuid.uuid4()}")
     assert status == 404 and request_info(body["details"]) == [headers["x-request-id"]], body
+
+
+def test_the_command_line_names_the_trace_its_calls_made(traced) -> None:
+    """`longhaul` sends one trace for the whole command: the id it prints with an error is the trace
+    of the server's spans for its calls."""
+    gateway, receiver = traced
+    result = longhaul(gateway, "status", str(uuid.uuid4()))
+    assert result.returncode != 0
+    match = re.search(r"NOT_FOUND: .* \[request id ([0-9a-f]{32})\]$", result.stderr.strip())
+    assert match, result.stderr
+    receiver.until(lambda spans: [span for service, span in spans if service == "longhaul-server"
+                                  and span.trace_id.hex() == match.group(1) and span.name.endswith("/GetStatus")])
+
+
+def test_a_failed_job_names_the_commands_trace_too(traced) -> None:
+    gateway, _ = traced
+    result = longhaul(gateway, "download", *map(str, MISSING_IDS), "-o", os.devnull)
+    assert result.returncode == 1 and re.search(r"ALL_FILES_MISSING.*\[request id [0-9a-f]{32}\]", result.stderr), result.stderr

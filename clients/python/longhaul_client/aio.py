@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import secrets
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterable
@@ -71,6 +72,9 @@ class AsyncClient:
 
     `target` is host:port of Envoy (default) or of a server. `token` is sent as a bearer token.
     A watch reconnects by itself for up to `reconnect_for_s` seconds of continuous failure.
+    With `trace_id` (32 hex digits), every call carries a W3C traceparent in that trace, so that the
+    service's spans of this client's calls form one trace and its errors name it; leave it out when
+    your application propagates its own trace context (OpenTelemetry's gRPC instrumentation).
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class AsyncClient:
         tls: bool = False,
         timeout_s: float = 15.0,
         reconnect_for_s: float = 60.0,
+        trace_id: str = "",
     ) -> None:
         options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
         if tls or root_certificates:
@@ -90,7 +95,8 @@ class AsyncClient:
         else:
             self._channel = grpc.aio.insecure_channel(target, options=options)
         self._stub = pb_grpc.DownloadServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._token = (("authorization", f"Bearer {token}"),) if token else ()
+        self.trace_id = trace_id
         self._timeout_s = timeout_s
         self._reconnect_for_s = reconnect_for_s
 
@@ -102,6 +108,13 @@ class AsyncClient:
 
     async def close(self) -> None:
         await self._channel.close()
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """Each call's: the bearer token, and a traceparent (a span of its own) when tracing."""
+        if not self.trace_id:
+            return self._token
+        return (*self._token, ("traceparent", f"00-{self.trace_id}-{secrets.token_hex(8)}-01"))
 
     async def _call(self, method: Callable[..., Any], request: Any) -> Any:
         try:

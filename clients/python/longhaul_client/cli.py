@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,17 @@ class Session:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.job_id = ""
+        self.trace_id = secrets.token_hex(16)
         self.client: AsyncClient
 
     def connect(self) -> AsyncClient:
         """A client for the running event loop (gRPC channels belong to the loop that made them)."""
         args = self.args
         ca = Path(args.ca).read_bytes() if args.ca else None
-        self.client = AsyncClient(args.target, token=args.token or None, tls=args.tls, root_certificates=ca)
+        # One trace for the whole command: its calls' spans, and any error it prints, name it.
+        self.client = AsyncClient(
+            args.target, token=args.token or None, tls=args.tls, root_certificates=ca, trace_id=self.trace_id
+        )
         return self.client
 
     def note(self, text: str) -> None:
@@ -108,9 +113,15 @@ class Session:
         elif error is None:
             self.note(f"job {job.job_id}: {job.message}" + (f" -> {path}" if path else ""))
         if error is not None:
-            self.note(str(error))
-            return exit_code(error)
+            return self.fail(error)
         return EXIT_OK
+
+    def fail(self, error: LonghaulError) -> int:
+        """Prints an error with the id that names it to the service's operators (a job's own failure:
+        the command's trace, in which the job was created); returns the exit code."""
+        error.request_id = error.request_id or self.trace_id
+        self.note(str(error))
+        return exit_code(error)
 
 
 async def cmd_download(session: Session) -> int:
@@ -245,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except LonghaulError as error:
-        session.note(str(error))
-        return exit_code(error)
+        return session.fail(error)
     except KeyboardInterrupt:
         if not session.job_id:
             return EXIT_INTERRUPTED

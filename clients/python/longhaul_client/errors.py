@@ -23,9 +23,12 @@ class LonghaulError(Exception):
         # Filled from google.rpc details when the server sent them.
         self.field_violations: list[tuple[str, str]] = []
         self.retry_after_s: float | None = None
+        # What names the request to the service's operators: its trace id, or Envoy's request id.
+        self.request_id = ""
 
     def __str__(self) -> str:
-        return f"{self.code.name}: {self.message}"
+        text = f"{self.code.name}: {self.message}"
+        return f"{text} [request id {self.request_id}]" if self.request_id else text
 
 
 class InvalidArgument(LonghaulError):
@@ -115,10 +118,13 @@ def from_status(status: Any) -> LonghaulError:
 def _add_details(error: LonghaulError, status: status_pb2.Status) -> None:
     for detail in status.details:
         bad_request, retry = error_details_pb2.BadRequest(), error_details_pb2.RetryInfo()
+        info = error_details_pb2.RequestInfo()
         if detail.Unpack(bad_request):
             error.field_violations = [(v.field, v.description) for v in bad_request.field_violations]
         elif detail.Unpack(retry):
             error.retry_after_s = retry.retry_delay.ToTimedelta().total_seconds()
+        elif detail.Unpack(info):
+            error.request_id = info.request_id
 
 
 def error_code(job: pb.Job) -> str:
