@@ -27,7 +27,8 @@ import redis
 from devstack.processes import ManagedProcess, ProcessFailed, port_holder, port_open
 from devstack.restarts import RestartPolicy
 from devstack.seed import SEED_FILE_IDS, seed_sources
-from devstack.services import ROOT, envoy_config, python_process, start_envoy, start_redis, start_seaweedfs
+from devstack.services import ROOT, envoy_config, envoy_tracing, python_process, start_envoy, start_redis, start_seaweedfs
+from jobs import tracing
 from jobs.connections import s3_client_kwargs, s3_session
 from jobs.logs import setup_logging
 from jobs.settings import Settings
@@ -69,6 +70,8 @@ class Stack:
             worker_env = dict(env, WORKER_NAME=f"worker-{index + 1}@{os.uname().nodename}", METRICS_LISTEN=metrics_listen)
             self.started.append(python_process(f"worker-{index + 1}", "worker", worker_env, self.log_dir))
         config = envoy_config(self.envoy_port, self.envoy_admin_port, [(grpc_port, http_port)], self.envoy_metrics_port)
+        if tracing.enabled():
+            envoy_tracing(config, tracing.traces_url())
         self.started.append(start_envoy(config, self.data_dir / "envoy", self.log_dir))
 
     def worker_metrics(self) -> list[str]:

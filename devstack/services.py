@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 import yaml
 
@@ -121,6 +122,43 @@ def envoy_config(
             entry = yaml.safe_load(yaml.safe_dump(template))
             entry["endpoint"]["address"]["socket_address"]["port_value"] = port
             endpoint["lb_endpoints"].append(entry)
+    return config
+
+
+def envoy_tracing(config: dict, traces_url: str) -> dict:
+    """Turns on Envoy's OpenTelemetry tracer: a span for each request, starting the trace or continuing
+    the caller's (W3C traceparent), passed on to the servers; exported over OTLP/HTTP to `traces_url`."""
+    url = urlparse(traces_url)
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["tracing"] = {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "http_service": {"http_uri": {"uri": traces_url, "cluster": "opentelemetry_collector", "timeout": "2s"}},
+                "service_name": "longhaul-envoy",
+            },
+        }
+    }
+    address = {"address": url.hostname, "port_value": url.port or (443 if url.scheme == "https" else 80)}
+    collector = {
+        "name": "opentelemetry_collector",
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "opentelemetry_collector",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": address}}}]}],
+        },
+    }
+    if url.scheme == "https":
+        collector["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": url.hostname,
+            },
+        }
+    config["static_resources"]["clusters"].append(collector)
     return config
 
 

@@ -24,7 +24,15 @@ TRACEPARENT = "traceparent"
 
 
 def enabled() -> bool:
-    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    return bool(traces_url())
+
+
+def traces_url() -> str:
+    """Where spans go, as the OTLP/HTTP exporter reads the settings; "" when tracing is off."""
+    if url := os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return url
+    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    return base.rstrip("/") + "/v1/traces" if base else ""
 
 
 def setup_tracing(service: str) -> Callable[[], None]:

@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from devstack.processes import free_port
+from devstack.services import envoy_tracing
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from longhaul_client import Client
@@ -45,7 +46,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                request = ExportTraceServiceRequest.FromString(self.rfile.read(int(self.headers["content-length"])))
+                request = ExportTraceServiceRequest.FromString(self.body())
                 for resource_spans in request.resource_spans:
                     attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
                     for scope_spans in resource_spans.scope_spans:
@@ -57,11 +58,23 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def body(self) -> bytes:
+                """The request's body: Python's exporter sends a length, Envoy's sends chunks."""
+                if "content-length" in self.headers:
+                    return self.rfile.read(int(self.headers["content-length"]))
+                chunks = []
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()  # the CRLF after each chunk
+                self.rfile.readline()  # the CRLF after the last, empty chunk
+                return b"".join(chunks)
+
             def log_message(self, *args: object) -> None:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
+        self.traces_url = f"{self.endpoint}/v1/traces"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def until(self, find, timeout_s: float = 20):
@@ -76,13 +89,22 @@ class Receiver:
         self._server.shutdown()
 
 
+def quick_flush(config: dict) -> None:
+    """Envoy's tracer sends its spans every 5 s (or 5 at a time); here every 200 ms."""
+    layer = {"tracing.opentelemetry.flush_interval_ms": 200, "tracing.opentelemetry.min_flush_spans": 1}
+    config["layered_runtime"] = {"layers": [{"name": "test", "static_layer": layer}]}
+
+
 @pytest.fixture(scope="module")
 def traced(base_settings, work_dir: Path) -> Iterator[tuple[Gateway, Receiver]]:
     receiver = Receiver()
     tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
     os.environ.update(tracing)  # the processes inherit them
     try:
-        gateway = start_gateway(base_settings, work_dir, delay_min_ms=500, delay_max_ms=500)
+        gateway = start_gateway(
+            base_settings, work_dir, envoy_changes=lambda config: quick_flush(envoy_tracing(config, receiver.traces_url)),
+            delay_min_ms=500, delay_max_ms=500,
+        )
     finally:
         for name in tracing:
             del os.environ[name]
@@ -101,13 +123,17 @@ def test_a_download_is_one_trace_from_the_call_with_a_linked_attempt_and_its_s3_
     with Client(gateway.address, token=TOKEN) as client:
         assert client.wait(job.job_id).state == pb.JOB_STATE_COMPLETED
 
-    # The server's span continues the caller's trace (through Envoy, which passes traceparent on).
+    # Envoy's span continues the caller's trace, and the server's continues Envoy's.
+    def envoy_span(spans):
+        return next((span for service, span in spans if service == "longhaul-envoy" and span.trace_id.hex() == trace_id), None)
+
     def server_span(spans):
         return next((span for service, span in spans if service == "longhaul-server"
                      and span.trace_id.hex() == trace_id and span.name.endswith("/InitiateDownload")), None)
 
-    created = receiver.until(server_span)
-    assert created.parent_span_id.hex() == caller_span
+    created, proxied = receiver.until(server_span), receiver.until(envoy_span)
+    assert proxied.parent_span_id.hex() == caller_span
+    assert created.parent_span_id == proxied.span_id
     assert created.kind == Span.SPAN_KIND_SERVER
 
     # The attempt is a trace of its own, linked to the call that created the job.
