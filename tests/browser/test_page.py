@@ -10,7 +10,7 @@ import zipfile
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
 
 from devstack.seed import seed_content
 from jobs.connections import botocore_session, s3_client_kwargs
@@ -209,3 +209,24 @@ def test_without_a_key_the_page_says_so_and_a_typed_key_works(browser: Browser, 
 def test_the_sign_in_link_leaves_no_key_in_the_address_bar(page: Page) -> None:
     assert "token" not in page.url
     expect(page.get_by_role("status")).to_contain_text("A key is saved")
+
+
+def test_an_error_names_the_trace_of_the_call_that_failed(browser: Browser, gateway) -> None:
+    """Every call carries a traceparent of its own; the error a person sees quotes its trace id."""
+    context = browser.new_context()
+    page = context.new_page()
+    sent: list[str] = []
+
+    def note(request: Request) -> None:
+        if "InitiateDownload" in request.url:
+            sent.append(request.headers.get("traceparent", ""))
+
+    page.on("request", note)
+    page.goto(f"http://{gateway.address}/")  # no key: the call is refused
+    start(page, IDS)
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("no credentials")
+    match = re.search(r"\(trace ([0-9a-f]{32})\)", alert.text_content() or "")
+    assert match, alert.text_content()
+    assert [traceparent.split("-")[1] for traceparent in sent] == [match.group(1)]
+    context.close()

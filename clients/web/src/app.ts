@@ -6,12 +6,13 @@ import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { setToken, takeTokenFromLink, token, withToken } from "./credentials";
 import { DownloadService, JobErrorCode, JobPhase, JobSchema, JobState, type Job } from "./gen/longhaul/download/v1/download_pb";
 import { load, store, type Saved } from "./saved";
+import { traceIdOf, withTrace } from "./tracing";
 import { TERMINAL, watchJob } from "./watch";
 
 takeTokenFromLink();
 const client = createClient(
   DownloadService,
-  createGrpcWebTransport({ baseUrl: location.origin, interceptors: [withToken] }),
+  createGrpcWebTransport({ baseUrl: location.origin, interceptors: [withToken, withTrace] }),
 );
 const downloads = new Map<string, Download>();
 
@@ -25,14 +26,17 @@ const keyForm = byId<HTMLFormElement>("key-form");
 const keyInput = byId<HTMLInputElement>("api-key");
 const keyStatus = byId<HTMLParagraphElement>("key-status");
 
-// What a failed call says to a person; a missing or refused key points at the key field.
+// What a failed call says to a person, with the trace to quote when asking for help; a missing or
+// refused key points at the key field.
 function explain(thrown: unknown): string {
   const error = ConnectError.from(thrown);
+  const traceId = traceIdOf(error);
+  const trace = traceId ? ` (trace ${traceId})` : "";
   if (error.code === Code.Unauthenticated) {
     keyInput.setAttribute("aria-invalid", "true");
-    return `${error.rawMessage}. Enter a valid API key above.`;
+    return `${error.rawMessage}. Enter a valid API key above.${trace}`;
   }
-  return error.rawMessage;
+  return error.rawMessage + trace;
 }
 
 function stateName(state: JobState): string {
