@@ -39,11 +39,11 @@ class BenchEnv:
     def logs(self) -> Path:
         return self.work / "logs"
 
-    def start_server(self, **changes: object) -> tuple[ManagedProcess, str]:
-        """A server process; returns it and its gRPC address."""
+    def start_server(self, extra_env: dict[str, str] | None = None, **changes: object) -> tuple[ManagedProcess, str]:
+        """A server process (with `extra_env`, e.g. OTEL_* settings); returns it and its gRPC address."""
         grpc_port, http_port = free_port(), free_port()
         own = self.settings.replace(grpc_listen=f"127.0.0.1:{grpc_port}", http_listen=f"127.0.0.1:{http_port}", **changes)
-        proc = python_process(f"bench-server-{grpc_port}", "server", own.to_env(), self.logs)
+        proc = python_process(f"bench-server-{grpc_port}", "server", own.to_env() | (extra_env or {}), self.logs)
         proc.wait_until(lambda: port_open(grpc_port) and port_open(http_port), 30, "serving")
         self.processes.append(proc)
         wait_serving(f"127.0.0.1:{grpc_port}")

@@ -12,6 +12,7 @@ call's span rather than a child of it; the attempt's S3 calls are its children.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ def enabled() -> bool:
     return bool(traces_url())
 
 
+@functools.cache  # read once: the environment of a process does not change its tracing
 def traces_url() -> str:
     """Where spans go, as the OTLP/HTTP exporter reads the settings; "" when tracing is off."""
     if url := os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):

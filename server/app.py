@@ -13,7 +13,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from jobs import tracing
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session
@@ -33,6 +32,7 @@ from server.metrics import GrpcMetrics
 from server.ratelimit import RateLimiter
 from server.records import RecordCache, StoredRecords
 from server.servicer import SERVICE_NAME, DownloadServicer
+from server.tracing import GrpcTracing
 from server.watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class LonghaulServer:
         if s.grpc_metrics:
             interceptors.insert(0, GrpcMetrics())  # outermost: calls the door refuses are counted too
         if tracing.enabled():
-            interceptors.insert(0, aio_server_interceptor())  # a span for each call, continuing the caller's trace
+            interceptors.insert(0, GrpcTracing())  # a span for each call, continuing the caller's trace
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         pb_grpc.add_DownloadServiceServicer_to_server(
             DownloadServicer(s, store, records, self._hub, presigner, s3), server

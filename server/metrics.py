@@ -54,8 +54,9 @@ class _Method:
         self.handling.observe(time.perf_counter() - began)
 
 
-def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
-    if isinstance(error, asyncio.CancelledError):
+def call_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    """The status a call ended with, from what its handler raised (None: it returned)."""
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
         return grpc.StatusCode.CANCELLED  # the client went away (or the server is stopping)
     code = context.code()
     if code is not None:
@@ -80,10 +81,10 @@ class GrpcMetrics(PerMethodInterceptor):
             try:
                 reply = await behavior(request, context)
             except BaseException as error:
-                m.handled(_code(context, error), began)
+                m.handled(call_code(context, error), began)
                 raise
             m.sent.inc()
-            m.handled(_code(context, None), began)
+            m.handled(call_code(context, None), began)
             return reply
 
         return counted
@@ -99,8 +100,8 @@ class GrpcMetrics(PerMethodInterceptor):
                     m.sent.inc()
                     yield message
             except BaseException as error:
-                m.handled(_code(context, error), began)
+                m.handled(call_code(context, error), began)
                 raise
-            m.handled(_code(context, None), began)
+            m.handled(call_code(context, None), began)
 
         return counted
