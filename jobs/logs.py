@@ -1,7 +1,8 @@
 """Logging set-up shared by the process entry points, with secrets redacted from every line.
 
-LOG_FORMAT=json writes one JSON object per line (time, level, logger, message, and the job_id and
-tenant of the request or job the line concerns), for log pipelines; the default is plain text.
+LOG_FORMAT=json writes one JSON object per line (time, level, logger, message; the trace_id and
+span_id of the current span, when tracing is on; and the job_id and tenant of the request or job the
+line concerns), for log pipelines; the default is plain text.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
+
+from opentelemetry import trace
 
 # What must never reach a log, whoever logs it (our code, grpc, botocore, aiohttp) and wherever it
 # hides (a message, an argument, a traceback): bearer tokens, API keys (their id stays, to tell keys
@@ -63,8 +66,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
             "process": self._process,
-            **_FIELDS.get(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            line["trace_id"] = trace.format_trace_id(span.trace_id)
+            line["span_id"] = trace.format_span_id(span.span_id)
+        line.update(_FIELDS.get())
         if record.exc_info:
             line["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(line, ensure_ascii=False)

@@ -1,6 +1,6 @@
 """OpenTelemetry traces, configured only by the standard OTEL_* variables.
 
-Off unless OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set, and then at no
+Off unless OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set, and off at no
 cost: no SDK is loaded, no interceptor is installed and no context is stored with jobs. On, spans go
 over OTLP/HTTP (protobuf) in batches; OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER,
 OTEL_BSP_* and the exporter's own OTEL_EXPORTER_OTLP_* variables apply as the SDK reads them.

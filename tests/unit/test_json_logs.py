@@ -9,6 +9,8 @@ import logging
 import subprocess
 import sys
 
+from opentelemetry.sdk.trace import TracerProvider
+
 from jobs.logs import JsonFormatter, bind
 
 
@@ -34,6 +36,15 @@ async def test_each_task_has_the_fields_of_its_own_job() -> None:
     assert (first["job_id"], first["tenant"]) == ("a", "acme")
     assert (second["job_id"], second["tenant"]) == ("b", "globex")
     assert "job_id" not in line("outside any job")
+
+
+def test_a_line_logged_in_a_span_names_its_trace_and_span() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("attempt") as span:
+        got = line("working")
+    context = span.get_span_context()
+    assert got["trace_id"] == f"{context.trace_id:032x}" and got["span_id"] == f"{context.span_id:016x}"
+    assert "trace_id" not in line("outside any span")
 
 
 def test_secrets_are_redacted_in_the_message_and_the_traceback() -> None:
