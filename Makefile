@@ -145,6 +145,7 @@ deploy-down: $(INSTALLED)
 # The Kubernetes deployment's Envoy configuration, made from envoy.yaml (a test checks they agree).
 deploy-config: $(INSTALLED)
 	$(PY) -m devstack.kube envoy-config > deploy/kubernetes/envoy/envoy.yaml
+	$(PY) -m devstack.kube envoy-config --tracing > deploy/kubernetes/envoy/envoy-tracing.yaml
 
 # Every benchmark against a throwaway stack, one table (a few minutes; see BENCHMARKS.md).
 bench: install

@@ -4,6 +4,7 @@ The cluster's Envoy configuration is made from the repository's envoy.yaml so th
 apart (a test compares deploy/kubernetes/envoy/envoy.yaml with what this renders):
 
     python -m devstack.kube envoy-config > deploy/kubernetes/envoy/envoy.yaml   (make deploy-config)
+    python -m devstack.kube envoy-config --tracing     the same with Envoy's tracer (envoy-tracing.yaml)
 
 In a cluster (and in deploy/compose.yaml) Envoy listens on every address, finds the servers by DNS
 (every ready pod behind the headless Service `longhaul-server`), and reads the descriptor set and
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from devstack.services import ROOT, SERVER_CLUSTERS, envoy_config
+from devstack.services import ROOT, SERVER_CLUSTERS, envoy_config, envoy_tracing
 from jobs.settings import Settings
 
 SERVER_SERVICE = "longhaul-server"
@@ -149,11 +150,19 @@ def _local_container(container: dict, key_file: str) -> None:
             mount["mountPath"] = key_file  # the key file itself, not the Secret's directory
 
 
+# Where the cluster's Envoy sends its spans in the tracing variant: an OpenTelemetry Collector's
+# OTLP/HTTP port, under the name its Helm chart and operator give the Service by default.
+CLUSTER_COLLECTOR = "http://otel-collector:4318/v1/traces"
+
+
 def main(argv: list[str]) -> int:
-    if argv != ["envoy-config"]:
+    if argv not in (["envoy-config"], ["envoy-config", "--tracing"]):
         print(__doc__, file=sys.stderr)
         return 2
-    sys.stdout.write(envoy_file(envoy_in_cluster()))
+    config = envoy_in_cluster()
+    if "--tracing" in argv:
+        envoy_tracing(config, CLUSTER_COLLECTOR)
+    sys.stdout.write(envoy_file(config))
     return 0
 
 

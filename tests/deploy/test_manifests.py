@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devstack.kube import envoy_file, envoy_in_cluster
-from devstack.services import ROOT, SERVER_CLUSTERS
+from devstack.kube import ASSETS, CLUSTER_COLLECTOR, envoy_file, envoy_in_cluster
+from devstack.services import ROOT, SERVER_CLUSTERS, envoy_tracing
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 BIN = Path(sys.executable).parent
@@ -67,6 +67,24 @@ def test_the_clusters_envoy_configuration_is_envoy_yaml_with_servers_found_by_dn
     assert admin["socket_address"] == {"address": "127.0.0.1", "port_value": admin_port}
     service = next(doc for doc in documents(KUBERNETES / "server.yaml") if doc["kind"] == "Service")
     assert service["metadata"]["name"] == "longhaul-server" and service["spec"]["clusterIP"] == "None"
+
+
+def test_the_tracing_variant_is_the_same_with_envoys_tracer() -> None:
+    shipped = (KUBERNETES / "envoy" / "envoy-tracing.yaml").read_text()
+    assert shipped == envoy_file(envoy_tracing(envoy_in_cluster(), CLUSTER_COLLECTOR)), "run `make deploy-config`"
+
+
+@pytest.mark.parametrize("name", ["envoy.yaml", "envoy-tracing.yaml"])
+def test_envoy_accepts_the_clusters_configuration(tmp_path: Path, name: str) -> None:
+    """`envoy --mode validate`, with the assets where the init container puts them."""
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for source in (ROOT / "gen" / "longhaul.pb", ROOT / "gateway" / "rest_guard.lua"):
+        (assets / source.name).write_bytes(source.read_bytes())
+    config = tmp_path / name
+    config.write_text((KUBERNETES / "envoy" / name).read_text().replace(ASSETS, str(assets)))
+    result = subprocess.run([BIN / "envoy", "--mode", "validate", "-c", config], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_container_runs_as_non_root_on_a_read_only_root_filesystem() -> None:
