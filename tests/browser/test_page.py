@@ -62,6 +62,18 @@ def card(page: Page, index: int = 0):
     return page.locator("li.download").nth(index)
 
 
+def initiate_trace_ids(page: Page) -> list[str]:
+    """The trace id of each InitiateDownload call the page makes from now on (its traceparent)."""
+    sent: list[str] = []
+
+    def note(request: Request) -> None:
+        if "InitiateDownload" in request.url:
+            sent.append(request.headers.get("traceparent", "").split("-")[1])
+
+    page.on("request", note)
+    return sent
+
+
 def percents_until_done(page: Page, timeout_s: float = 20) -> list[int]:
     """The progress bar's aria-valuenow, sampled until the download is over."""
     seen: list[int] = []
@@ -124,9 +136,12 @@ def test_several_downloads_at_once_and_cancel_one(page: Page) -> None:
 
 def test_a_failure_shows_retry_and_retry_works(page: Page, gateway) -> None:
     file_id = 80_000_000 + random.randrange(1_000_000)  # not in S3 yet
+    created = initiate_trace_ids(page)
     start(page, str(file_id))
     expect(card(page).locator(".state")).to_have_text("Failed", timeout=20_000)
     expect(card(page).locator(".message")).to_contain_text("ALL_FILES_MISSING")
+    # The failure names the trace the download was created in.
+    expect(card(page).locator(".message")).to_contain_text(f"trace {created[0]}")
     failed_id = card(page).get_attribute("data-job-id")
 
     # The file turns up; trying again now succeeds. (Playwright's sync API owns this thread's event
@@ -215,18 +230,12 @@ def test_an_error_names_the_trace_of_the_call_that_failed(browser: Browser, gate
     """Every call carries a traceparent of its own; the error a person sees quotes its trace id."""
     context = browser.new_context()
     page = context.new_page()
-    sent: list[str] = []
-
-    def note(request: Request) -> None:
-        if "InitiateDownload" in request.url:
-            sent.append(request.headers.get("traceparent", ""))
-
-    page.on("request", note)
+    sent = initiate_trace_ids(page)
     page.goto(f"http://{gateway.address}/")  # no key: the call is refused
     start(page, IDS)
     alert = page.get_by_role("alert")
     expect(alert).to_contain_text("no credentials")
     match = re.search(r"\(trace ([0-9a-f]{32})\)", alert.text_content() or "")
     assert match, alert.text_content()
-    assert [traceparent.split("-")[1] for traceparent in sent] == [match.group(1)]
+    assert sent == [match.group(1)]
     context.close()

@@ -6,7 +6,7 @@ import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { setToken, takeTokenFromLink, token, withToken } from "./credentials";
 import { DownloadService, JobErrorCode, JobPhase, JobSchema, JobState, type Job } from "./gen/longhaul/download/v1/download_pb";
 import { load, store, type Saved } from "./saved";
-import { traceIdOf, withTrace } from "./tracing";
+import { newTrace, traceIdOf, withTrace } from "./tracing";
 import { TERMINAL, watchJob } from "./watch";
 
 takeTokenFromLink();
@@ -78,7 +78,7 @@ class Download {
   private lastSeq: bigint;
   private connection = "";
 
-  constructor(readonly jobId: string, readonly fileIds: string[], saved?: Saved) {
+  constructor(readonly jobId: string, readonly fileIds: string[], readonly traceId = "", saved?: Saved) {
     this.lastSeq = BigInt(saved?.lastSeq ?? "0");
     if (saved?.job) this.job = fromJson(JobSchema, saved.job as never, { ignoreUnknownFields: true });
     const title = element("span", "title", `Files ${fileIds.join(", ")}`);
@@ -127,6 +127,7 @@ class Download {
       fileIds: this.fileIds,
       lastSeq: this.lastSeq.toString(),
       job: this.job ? toJson(JobSchema, this.job) : undefined,
+      traceId: this.traceId,
     };
   }
 
@@ -167,7 +168,10 @@ class Download {
     this.detail.textContent = parts.join(" · ");
 
     let message = this.connection || job?.message || "";
-    if (job?.state === JobState.FAILED && job.error) message = `Failed: ${job.error.message} (${JobErrorCode[job.error.code]})`;
+    if (job?.state === JobState.FAILED && job.error) {
+      const trace = this.traceId ? `; trace ${this.traceId}` : "";
+      message = `Failed: ${job.error.message} (${JobErrorCode[job.error.code]}${trace})`;
+    }
     this.message.textContent = message;
     this.message.classList.toggle("error", job?.state === JobState.FAILED || this.connection !== "");
 
@@ -205,9 +209,12 @@ function parseIds(text: string): string[] | undefined {
 async function start(fileIds: string[], replacing?: Download): Promise<void> {
   formError.textContent = "";
   try {
-    const reply = await client.initiateDownload({ fileIds: fileIds.map(Number), requestId: crypto.randomUUID() });
+    // The download keeps its trace: a failure later on names it too.
+    const trace = newTrace();
+    const request = { fileIds: fileIds.map(Number), requestId: crypto.randomUUID() };
+    const reply = await client.initiateDownload(request, { headers: { traceparent: trace.traceparent } });
     replacing?.forget();
-    if (reply.job) show(new Download(reply.job.jobId, fileIds));
+    if (reply.job) show(new Download(reply.job.jobId, fileIds, trace.traceId));
   } catch (thrown) {
     formError.textContent = explain(thrown);
   }
@@ -255,6 +262,6 @@ keyForm.addEventListener("submit", (event) => {
 });
 
 for (const saved of load().reverse()) {
-  show(new Download(saved.jobId, saved.fileIds, saved));
+  show(new Download(saved.jobId, saved.fileIds, saved.traceId, saved));
 }
 save();

@@ -8,6 +8,7 @@ export interface Saved {
   fileIds: string[];
   lastSeq: string; // bigint as text
   job?: unknown; // the last Job seen, as proto JSON
+  traceId?: string; // the trace of the call that created the job
 }
 
 export function load(): Saved[] {

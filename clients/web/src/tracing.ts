@@ -1,6 +1,7 @@
-// Each call the page makes starts a trace of its own (a W3C traceparent header). With tracing on,
-// Envoy, the server and the worker continue it; on or off, an error the page shows names that trace,
-// so that a person asking for help can quote it.
+// Each call the page makes starts a trace of its own (a W3C traceparent header), unless the caller
+// chose one (newTrace: a download keeps the trace it was created in). With tracing on, Envoy, the
+// server and the worker continue it; on or off, an error the page shows names that trace, so that a
+// person asking for help can quote it.
 
 import { ConnectError, type Interceptor } from "@connectrpc/connect";
 
@@ -25,9 +26,23 @@ async function* taggedStream<T>(messages: AsyncIterable<T>, traceId: string): As
   }
 }
 
-export const withTrace: Interceptor = (next) => async (request) => {
+export interface Trace {
+  traceId: string;
+  traceparent: string;
+}
+
+export function newTrace(): Trace {
   const traceId = randomHex(16);
-  request.header.set("traceparent", `00-${traceId}-${randomHex(8)}-01`);
+  return { traceId, traceparent: `00-${traceId}-${randomHex(8)}-01` };
+}
+
+export const withTrace: Interceptor = (next) => async (request) => {
+  let traceId = request.header.get("traceparent")?.split("-")[1];
+  if (!traceId) {
+    const trace = newTrace();
+    traceId = trace.traceId;
+    request.header.set("traceparent", trace.traceparent);
+  }
   try {
     const response = await next(request);
     return response.stream ? { ...response, message: taggedStream(response.message, traceId) } : response;
