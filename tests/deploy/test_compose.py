@@ -33,10 +33,9 @@ SHORT_JOBS = {"environment": {"DOWNLOAD_DELAY_MIN_MS": "1000", "DOWNLOAD_DELAY_M
 
 
 class Composed:
-    def __init__(self, project: str, port: int, s3_port: int, key: str) -> None:
+    def __init__(self, project: str, port: int, key: str) -> None:
         self.project = project
         self.port = port
-        self.s3_port = s3_port
         self.key = key
 
     def container(self, service: str) -> str:
@@ -79,12 +78,11 @@ def composed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Composed]:
         "REDIS_IMAGE": "localhost/redis:dev",
         "SEAWEEDFS_IMAGE": "localhost/seaweedfs:dev",
     }
-    compose(files, project, env, "up", "--detach")
-    composed = Composed(project, port, s3_port, created.stdout.strip())
     try:
+        compose(files, project, env, "up", "--detach")
         assert wait_serving(port, timeout_s=120), podman("ps", "--all").stdout
         asyncio.run(_seed(s3_port))
-        yield composed
+        yield Composed(project, port, created.stdout.strip())
     finally:
         compose(files, project, env, "down", "--volumes")
     label = f"label=io.podman.compose.project={project}"
