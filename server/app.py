@@ -28,6 +28,7 @@ from server.convert import Presigner
 from server.decoding import TolerantDecoding
 from server.health import HealthMonitor
 from server.http import HttpSide
+from server.interceptors import Chain, PerMethodInterceptor
 from server.metrics import GrpcMetrics
 from server.ratelimit import RateLimiter
 from server.records import RecordCache, StoredRecords
@@ -113,12 +114,12 @@ class LonghaulServer:
         self._http = HttpSide(store, presigner, self._health, authenticator, limiter, queue, workers)
 
         guarded = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection
-        interceptors: list[grpc.aio.ServerInterceptor] = [TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)]
+        layers: list[PerMethodInterceptor] = [TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)]
         if s.grpc_metrics:
-            interceptors.insert(0, GrpcMetrics())  # outermost: calls the door refuses are counted too
+            layers.insert(0, GrpcMetrics())  # outside the door: calls it refuses are counted too
         if tracing.enabled():
-            interceptors.insert(0, GrpcTracing())  # a span for each call, continuing the caller's trace
-        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+            layers.insert(0, GrpcTracing())  # a span for each call, continuing the caller's trace
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[Chain(*layers)])
         pb_grpc.add_DownloadServiceServicer_to_server(
             DownloadServicer(s, store, records, self._hub, presigner, s3), server
         )

@@ -33,3 +33,18 @@ class PerMethodInterceptor(grpc.aio.ServerInterceptor):
         """`handler` is grpc's RpcMethodHandler namedtuple (its stubs declare an abstract class
         without `_replace`)."""
         raise NotImplementedError
+
+
+class Chain(PerMethodInterceptor):
+    """Several interceptors as one: each method's handler is adapted by all of them once, the first
+    outermost, and grpc.aio runs a single interceptor per call instead of one per layer (each layer
+    it runs costs an awaited call per RPC)."""
+
+    def __init__(self, *layers: PerMethodInterceptor) -> None:
+        super().__init__()
+        self._layers = layers
+
+    def adapt(self, method: str, handler: Any) -> grpc.RpcMethodHandler:
+        for layer in reversed(self._layers):
+            handler = layer.adapt(method, handler)
+        return handler
