@@ -63,8 +63,8 @@ for _code in ErrorCode:
     RETRIES.labels(_code)
 for _state in (State.COMPLETED, State.FAILED, State.CANCELLED):
     JOBS_FINISHED.labels(_state)
-for _type in EventType:
-    EVENTS_PUBLISHED.labels(_type)
+# Counted on every progress write: each type's child resolved once (labels() takes a lock and builds a key).
+EVENTS_BY_TYPE = {_type: EVENTS_PUBLISHED.labels(_type) for _type in EventType}
 for _reason in REFUSAL_REASONS:
     REFUSED.labels(_reason)
 

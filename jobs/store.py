@@ -122,7 +122,7 @@ class JobStore:
         outcome = await self._create(keys=keys, args=args)
         if outcome[0] == "created":
             metrics.JOBS_CREATED.inc()
-            metrics.EVENTS_PUBLISHED.labels(EventType.STATE_CHANGED).inc()
+            metrics.EVENTS_BY_TYPE[EventType.STATE_CHANGED].inc()
             return fields, True
         if outcome[0] == "conflict":
             raise IdempotencyConflict(request_id, outcome[1])
@@ -320,7 +320,7 @@ class JobStore:
 def _count(event: EventType, state: str | None, claimed: bool, payload: str) -> None:
     """The metrics of one applied change. (A repeated call, whose first reply was lost, counts
     again: rare, and only while Redis is failing.)"""
-    metrics.EVENTS_PUBLISHED.labels(event).inc()
+    metrics.EVENTS_BY_TYPE[event].inc()
     if not claimed and state not in TERMINAL_STATES:
         return  # progress: the common case, counted without reading the record
     record = json.loads(payload)
