@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import aioboto3
@@ -10,12 +11,13 @@ import botocore.session
 from botocore.config import Config
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
-from redis.connection import parse_url
+from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
-from jobs.multiplex import MultiplexedRedis
-from jobs.settings import Settings
+from jobs.multiplex import Address, MultiplexedRedis
+from jobs.settings import ConfigError, Settings
 
 # Blocking queue reads wait up to 10 s; a shorter socket timeout turns every idle wait into an
 # error and a reconnect (seen as 5 s job-start delays with redis-py's defaults).
@@ -29,33 +31,81 @@ _SOCKET_TIMEOUT_S = 30
 _MAX_CONNECTIONS = 8
 
 
+class _SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool (each connection asks the sentinels where the primary is, and drops
+    when a failover turns it into a replica) with the blocking pool's bound on connections."""
+
+
 def redis_client(settings: Settings, **overrides: Any) -> Redis:
-    """A pooled client that retries a command through short Redis blips."""
+    """A pooled client that retries a command through short Redis blips (and failovers)."""
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": _SOCKET_TIMEOUT_S,
         "socket_connect_timeout": 5,
-        "retry": Retry(ExponentialBackoff(cap=2, base=0.05), retries=5),
-        "retry_on_error": [BusyLoadingError, ConnectionError, TimeoutError],
+        **_retrying(retries=5),
         "health_check_interval": 30,
     }
     options.update(overrides)
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=_MAX_CONNECTIONS, timeout=_SOCKET_TIMEOUT_S, **options
-    )
+    pool: BlockingConnectionPool
+    if settings.sentinel_addresses:
+        pool = _SentinelBlockingPool(
+            settings.redis_sentinel_master, sentinel(settings), max_connections=_MAX_CONNECTIONS,
+            timeout=_SOCKET_TIMEOUT_S, **_data_node_options(settings), **options,
+        )
+    else:
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=_MAX_CONNECTIONS, timeout=_SOCKET_TIMEOUT_S, **options
+        )
     return Redis.from_pool(pool)  # closing the client closes the pool
 
 
-def multiplexed_redis(settings: Settings) -> MultiplexedRedis:
+def multiplexed_redis(settings: Settings, setup: Callable[[Address], list[tuple[Any, ...]]] | None = None) -> MultiplexedRedis:
     """One connection for the per-call commands of a busy process (multiplex.py says why)."""
-    return MultiplexedRedis(settings.redis_url, timeout_s=_SOCKET_TIMEOUT_S)
+    locate = None
+    if settings.sentinel_addresses:
+        locate = functools.partial(sentinel(settings).discover_master, settings.redis_sentinel_master)
+    return MultiplexedRedis(settings.redis_url, timeout_s=_SOCKET_TIMEOUT_S, setup=setup, locate=locate)
 
 
 def bullmq_connection(settings: Settings) -> dict[str, Any]:
     """Connection options for bullmq, which builds its own clients (one of them blocking)."""
+    if settings.sentinel_addresses:
+        # bullmq makes a single-connection client of each; they all take theirs from this pool.
+        # Their retries are the pool's: bullmq's own back off to 20 s, too slow to follow a failover.
+        pool = SentinelConnectionPool(
+            settings.redis_sentinel_master, sentinel(settings), decode_responses=True,
+            socket_timeout=_SOCKET_TIMEOUT_S, **_retrying(retries=20), **_data_node_options(settings),
+        )
+        return {"connection_pool": pool}
     options = parse_url(settings.redis_url)
     options["socket_timeout"] = _SOCKET_TIMEOUT_S
     return options
+
+
+def _retrying(retries: int) -> dict[str, Any]:
+    """Retries after 0.1, 0.2, 0.4 … 2 s, 2 s …: through a blip, a restart or a failover."""
+    return {
+        "retry": Retry(ExponentialBackoff(cap=2, base=0.05), retries=retries),
+        "retry_on_error": [BusyLoadingError, ConnectionError, TimeoutError],
+    }
+
+
+def sentinel(settings: Settings) -> Sentinel:
+    """The sentinels of REDIS_SENTINELS, asked where the primary is (one asks each of them in turn
+    until one knows a primary it does not believe down)."""
+    auth = {"password": settings.redis_sentinel_password} if settings.redis_sentinel_password else {}
+    return Sentinel(settings.sentinel_addresses, sentinel_kwargs={"socket_timeout": 1, "socket_connect_timeout": 1, **auth})
+
+
+def _data_node_options(settings: Settings) -> dict[str, Any]:
+    """REDIS_URL's database, credentials and TLS, for connections whose address Sentinel gives."""
+    options = parse_url(settings.redis_url)
+    kind = options.pop("connection_class", None)
+    if kind is UnixDomainSocketConnection:
+        raise ConfigError("REDIS_SENTINELS: REDIS_URL must be redis:// or rediss://, not a unix socket")
+    options.pop("host", None)
+    options.pop("port", None)
+    return options | ({"ssl": True} if kind is SSLConnection else {})
 
 
 @functools.cache

@@ -55,3 +55,15 @@ class RunSuperseded(JobsError):
         super().__init__(f"job {job_id}: this run no longer owns the job ({reason})")
         self.job_id = job_id
         self.reason = reason
+
+
+class NotReplicated(JobsError):
+    """A create or cancel reached Redis's primary, but not enough replicas confirmed it in time: it
+    would be lost if the primary failed now. Repeating the call is safe and confirms it."""
+
+    def __init__(self, what: str, confirmed: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"{what} was written, but {confirmed} of {wanted} Redis replicas confirmed it within {timeout_ms} ms, "
+            f"so a failover now could lose it; repeat the call (with the same request_id for a create) to confirm it"
+        )
+        self.confirmed = confirmed

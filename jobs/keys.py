@@ -17,6 +17,7 @@
                                   repeated after a lost reply answers the same (lua/forget.lua)
     {p}:chore:{name}      string  a lease: the one worker process doing that chore this interval
     {p}:orphans:after     string  where the scan for artifacts no job owns goes on (an object key)
+    {p}:replication-probe string  a counter written before a WAIT that has no write of its own to cover
     {p}:events            channel every job event, "{id}\\n{json}", read by each server's watch hub
     {p}:cancel            channel job ids to cancel, read by every worker process
     {p}:q:{queue}:*       bullmq's own keys for the work queue
@@ -103,6 +104,10 @@ class Keys:
     @property
     def orphan_scan(self) -> str:
         return f"{self.prefix}:orphans:after"
+
+    @property
+    def replication_probe(self) -> str:
+        return f"{self.prefix}:replication-probe"
 
     @property
     def events_channel(self) -> str:

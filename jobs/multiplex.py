@@ -21,7 +21,7 @@ import collections
 import hashlib
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -58,10 +58,10 @@ def pack(args: tuple[Any, ...]) -> bytes:
     return b"".join(parts)
 
 
-class _Protocol(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One connection: writes batched per event-loop turn, replies matched to commands in order."""
 
-    def __init__(self, on_lost: Callable[[_Protocol], None], on_push: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, on_lost: Callable[[Connection], None], on_push: Callable[[Any], None] | None = None) -> None:
         self._reader = hiredis.Reader(encoding="utf-8", replyError=ResponseError)
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._outgoing: list[bytes] = []
@@ -98,6 +98,11 @@ class _Protocol(asyncio.Protocol):
                 if not self._waiting and self._on_push is not None:
                     self._on_push(reply)
                     continue
+                if isinstance(reply, ResponseError) and str(reply).startswith("READONLY"):
+                    # A failover made this Redis a replica: this command and every later one did not
+                    # run. Failing them as a lost connection retries them on the new primary.
+                    self.abort(ConnectionError(f"Redis is a replica now: {reply}"))
+                    return
                 future, _ = self._waiting.popleft()
                 if not future.done():
                     if isinstance(reply, ResponseError):
@@ -129,12 +134,18 @@ class _Protocol(asyncio.Protocol):
         self._on_lost(self)
 
 
+Address = tuple[str, int]
+# Where the primary is now (Sentinel's answer), asked before each connection; raises
+# redis.exceptions.ConnectionError while no primary is known.
+Locate = Callable[[], Awaitable[Address]]
+
+
 async def open_protocol(
     options: dict[str, Any],
-    on_lost: Callable[[_Protocol], None],
+    on_lost: Callable[[Connection], None],
     on_push: Callable[[Any], None] | None = None,
     timeout_s: float = 5,
-) -> _Protocol:
+) -> Connection:
     """A connection to Redis as `options` (redis-py's parse_url) describe it, authenticated and on
     its database."""
     try:
@@ -144,17 +155,17 @@ async def open_protocol(
 
 
 async def _open_protocol(
-    options: dict[str, Any], on_lost: Callable[[_Protocol], None], on_push: Callable[[Any], None] | None
-) -> _Protocol:
+    options: dict[str, Any], on_lost: Callable[[Connection], None], on_push: Callable[[Any], None] | None
+) -> Connection:
     loop = asyncio.get_running_loop()
     kind = options.get("connection_class")
     try:
         if kind is UnixDomainSocketConnection:
-            _, protocol = await loop.create_unix_connection(lambda: _Protocol(on_lost, on_push), options["path"])
+            _, protocol = await loop.create_unix_connection(lambda: Connection(on_lost, on_push), options["path"])
         else:
             tls = ssl.create_default_context() if kind is SSLConnection else None
             _, protocol = await loop.create_connection(
-                lambda: _Protocol(on_lost, on_push), options.get("host", "localhost"), options.get("port", 6379), ssl=tls
+                lambda: Connection(on_lost, on_push), options.get("host", "localhost"), options.get("port", 6379), ssl=tls
             )
     except OSError as error:
         raise ConnectionError(f"cannot connect to Redis: {error}") from error
@@ -173,21 +184,25 @@ async def _open_protocol(
 class MultiplexedRedis:
     """The subset of redis-py's asyncio client that the hot paths use, over one shared connection.
 
-    `setup`, when given, names commands to run on each new connection before any other (e.g. to
-    turn on client-side caching); `reconnect()` makes the next command open a fresh one."""
+    `locate`, when given, says where the primary is before each connection (Sentinel), in place of
+    the URL's host. `setup`, when given, names commands to run on each new connection (told its
+    address) before any other, e.g. to turn on client-side caching; `reconnect()` makes the next
+    command open a fresh one."""
 
     def __init__(
         self,
         url: str,
         timeout_s: float = 30,
         connect_timeout_s: float = 5,
-        setup: Callable[[], list[tuple[Any, ...]]] | None = None,
+        setup: Callable[[Address], list[tuple[Any, ...]]] | None = None,
+        locate: Locate | None = None,
     ) -> None:
         self.options = parse_url(url)
+        self._locate = locate
         self._setup = setup
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
-        self._protocol: _Protocol | None = None
+        self._protocol: Connection | None = None
         self._connecting: asyncio.Lock | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -199,6 +214,25 @@ class MultiplexedRedis:
             try:
                 protocol = self._protocol if self._protocol is not None else await self._connect()
                 return await protocol.send(command)
+            except (ConnectionError, TimeoutError):
+                if attempt == _RETRIES:
+                    raise
+                await asyncio.sleep(min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def execute_then_wait(self, args: tuple[Any, ...], replicas: int, timeout_ms: int) -> tuple[Any, int]:
+        """Runs a command, then WAIT on the same connection: (its reply, how many replicas have
+        every write this connection made so far, the command's included, after at most timeout_ms).
+        A WAIT on any other connection would not cover the command."""
+        batch = [pack(args), pack(("WAIT", replicas, timeout_ms))]
+        for attempt in range(_RETRIES + 1):
+            try:
+                protocol = self._protocol if self._protocol is not None else await self._connect()
+                outcomes: list[Any] = await asyncio.gather(*map(protocol.send, batch), return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                return outcomes[0], outcomes[1]
             except (ConnectionError, TimeoutError):
                 if attempt == _RETRIES:
                     raise
@@ -230,7 +264,7 @@ class MultiplexedRedis:
 
     # -- the connection ------------------------------------------------------------------------
 
-    async def _connect(self) -> _Protocol:
+    async def _connect(self) -> Connection:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
@@ -242,22 +276,33 @@ class MultiplexedRedis:
                 self._watchdog = asyncio.create_task(self._watch_for_stalls())
             return protocol
 
-    async def _open(self) -> _Protocol:
-        protocol = await open_protocol(self.options, self._lost, timeout_s=self._connect_timeout_s)
+    async def _open(self) -> Connection:
+        protocol, address = await self.open_connection(self._lost)
         try:
-            for command in self._setup() if self._setup else ():
+            for command in self._setup(address) if self._setup else ():
                 await protocol.send(pack(command))
         except BaseException:
             protocol.abort(ConnectionError("connection set-up failed"))
             raise
         return protocol
 
+    async def open_connection(
+        self, on_lost: Callable[[Connection], None], on_push: Callable[[Any], None] | None = None
+    ) -> tuple[Connection, Address]:
+        """A connection of its own to the Redis this client uses now, and that Redis's address."""
+        options = self.options
+        if self._locate is not None:
+            host, port = await self._locate()
+            options = {**options, "host": host, "port": port}
+        protocol = await open_protocol(options, on_lost, on_push, timeout_s=self._connect_timeout_s)
+        return protocol, (options.get("host", "localhost"), options.get("port", 6379))
+
     def reconnect(self) -> None:
         """Drops the connection (commands in flight fail over to the next one, as on any loss)."""
         if self._protocol is not None:
             self._protocol.abort(ConnectionError("reconnecting"))
 
-    def _lost(self, protocol: _Protocol) -> None:
+    def _lost(self, protocol: Connection) -> None:
         if self._protocol is protocol:
             self._protocol = None
 
@@ -285,3 +330,14 @@ class Script:
             if not str(error).startswith("NOSCRIPT"):
                 raise
             return await self._client.execute_command("EVAL", self._source, len(keys), *keys, *args)
+
+    async def then_wait(
+        self, replicas: int, timeout_ms: int, keys: Sequence[str] = (), args: Sequence[Any] = ()
+    ) -> tuple[Any, int]:
+        """The script, then WAIT (MultiplexedRedis.execute_then_wait)."""
+        try:
+            return await self._client.execute_then_wait(("EVALSHA", self._sha, len(keys), *keys, *args), replicas, timeout_ms)
+        except ResponseError as error:
+            if not str(error).startswith("NOSCRIPT"):
+                raise
+            return await self._client.execute_then_wait(("EVAL", self._source, len(keys), *keys, *args), replicas, timeout_ms)

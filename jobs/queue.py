@@ -28,7 +28,8 @@ _DELIVERY_ATTEMPTS = 10
 class JobQueue:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._options = {"connection": bullmq_connection(settings), "prefix": Keys(settings.redis_prefix).queue_prefix}
+        self._connection = bullmq_connection(settings)
+        self._options = {"connection": self._connection, "prefix": Keys(settings.redis_prefix).queue_prefix}
         self._queue: Queue | None = None
 
     @property
@@ -84,6 +85,8 @@ class JobQueue:
     async def close(self) -> None:
         if self._queue is not None:
             await self._queue.close()
+        if pool := self._connection.get("connection_pool"):
+            await pool.disconnect()  # a pool of ours (Sentinel), which bullmq's clients do not close
 
 
 def _options(job_id: str, priority: Priority) -> dict[str, Any]:

@@ -26,6 +26,16 @@ class Settings:
     # one Redis without seeing each other.
     redis_prefix: str = "lh"
     queue_name: str = "downloads"
+    # Redis behind Sentinel: "host:port,host:port" of the sentinels, which say where the primary of
+    # `redis_sentinel_master` is now. REDIS_URL then gives only the database, credentials and TLS of
+    # the data nodes (its host is not used).
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "longhaul"
+    redis_sentinel_password: str = ""
+    # Creates and cancels are answered only once every replica connected to the primary, and at
+    # least this many, has them (WAIT); 0: once the primary has them (README "Durability").
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1_000
 
     # S3: sources are read from `source_bucket/source_prefix{file_id}.zip`, archives are written to
     # `artifact_bucket`.
@@ -129,6 +139,17 @@ class Settings:
         """(max active jobs, requests per second) of `tenant`; 0 means no limit."""
         return self.limits_by_tenant.get(tenant, (self.tenant_max_active_jobs, self.tenant_requests_per_s))
 
+    @functools.cached_property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as [(host, port)]."""
+        addresses = []
+        for entry in filter(None, (part.strip() for part in self.redis_sentinels.split(","))):
+            host, _, port = entry.rpartition(":")
+            if not (host and port.isdigit()):
+                raise ConfigError(f"REDIS_SENTINELS entry {entry!r}: write host:port, e.g. sentinel-0:26379")
+            addresses.append((host, int(port)))
+        return addresses
+
     @property
     def presign_endpoint(self) -> str:
         return self.s3_public_endpoint or self.s3_endpoint
@@ -182,6 +203,9 @@ class Settings:
             raise ConfigError("RECORD_CACHE_SIZE must be 0 (off) or more")
         if self.grpc_metrics not in (0, 1):
             raise ConfigError("GRPC_METRICS must be 1 (count every gRPC call) or 0")
+        self.sentinel_addresses  # noqa: B018 - parses REDIS_SENTINELS, raising on a bad entry
+        if self.redis_wait_replicas < 0 or self.redis_wait_timeout_ms <= 0:
+            raise ConfigError("REDIS_WAIT_REPLICAS must be 0 (off) or more, REDIS_WAIT_TIMEOUT_MS positive")
         if self.housekeeping_interval_s <= 0:
             raise ConfigError("HOUSEKEEPING_INTERVAL_S must be positive")
 
@@ -191,6 +215,11 @@ ENV_VARS: dict[str, str] = {
     "REDIS_URL": "redis_url",
     "LONGHAUL_REDIS_PREFIX": "redis_prefix",
     "LONGHAUL_QUEUE": "queue_name",
+    "REDIS_SENTINELS": "redis_sentinels",
+    "REDIS_SENTINEL_MASTER": "redis_sentinel_master",
+    "REDIS_SENTINEL_PASSWORD": "redis_sentinel_password",
+    "REDIS_WAIT_REPLICAS": "redis_wait_replicas",
+    "REDIS_WAIT_TIMEOUT_MS": "redis_wait_timeout_ms",
     "S3_ENDPOINT": "s3_endpoint",
     "S3_PUBLIC_ENDPOINT": "s3_public_endpoint",
     "S3_REGION": "s3_region",

@@ -29,6 +29,7 @@ from jobs.errors import (
 from jobs.keys import EVENT_ENTRY_FIELD, Keys, index_member
 from jobs.model import PRIVATE_FIELDS, TERMINAL_STATES, ErrorCode, EventType, F, Phase, Priority, State
 from jobs.multiplex import MultiplexedRedis
+from jobs.replication import Replication
 from jobs.scripts import lua_script
 from jobs.settings import Settings
 from jobs.storage import artifact_key
@@ -65,6 +66,7 @@ class JobStore:
         self._create = self._commands.register_script(lua_script("create"))
         self._transition = self._commands.register_script(lua_script("transition"))
         self._forget = self._commands.register_script(lua_script("forget"))
+        self._replication = Replication(self._commands, settings, self.keys.replication_probe)
         # Call ids: this store's own prefix and a counter (unique, and cheaper than a uuid per call).
         self._caller = uuid.uuid4().hex[:12]
         self._calls = itertools.count()
@@ -119,7 +121,7 @@ class JobStore:
             self.settings.limits_for(tenant)[0],
             k.job(""),
         ]
-        outcome = await self._create(keys=keys, args=args)
+        outcome = await self._replication.write(f"job {job_id}", self._create, keys, args)
         if outcome[0] == "created":
             metrics.JOBS_CREATED.inc()
             metrics.EVENTS_BY_TYPE[EventType.STATE_CHANGED].inc()
@@ -129,6 +131,7 @@ class JobStore:
         if outcome[0] == "quota":
             metrics.REFUSED.labels("active_jobs").inc()
             raise QuotaExceeded(tenant, int(outcome[1]))
+        await self._replication.confirm(f"job {outcome[1]}")
         return await self.get(outcome[1], tenant), False
 
     async def forget(self, job_id: str, tenant: str | None = None) -> None:
@@ -268,6 +271,7 @@ class JobStore:
             finish_fields(State.CANCELLED, self.settings, "cancelled on request"),
             EventType.STATE_CHANGED,
             expect_tenant=tenant,
+            durable=True,
         )
         if outcome[0] == "ok":
             await self._commands.publish(self.keys.cancel_channel, job_id)
@@ -275,6 +279,7 @@ class JobStore:
         if outcome[0] == "missing":
             return await self.get(job_id, tenant, with_file_ids=False)  # raises NotFound, or reads EXPIRED
         if outcome[1] == State.CANCELLED:
+            await self._replication.confirm(f"the cancel of job {job_id}")
             return await self.get(job_id, tenant, with_file_ids=False)
         raise JobAlreadyFinished(job_id, outcome[1])
 
@@ -287,7 +292,10 @@ class JobStore:
         claim_token: str = "",
         expect_tenant: str = "",
         call: str = "",
+        durable: bool = False,
     ) -> builtins.list[Any]:
+        """Runs the transition script; `durable`: answers once the change is as replicated as the
+        settings ask (replication.py), for changes a user was told of."""
         s = self.settings
         args: builtins.list[Any] = [
             now_ms(),
@@ -306,7 +314,10 @@ class JobStore:
             args += [name, value]
         k = self.keys
         keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live]
-        outcome = await self._transition(keys=keys, args=args)
+        if durable:
+            outcome = await self._replication.write(f"the change of job {job_id}", self._transition, keys, args)
+        else:
+            outcome = await self._transition(keys=keys, args=args)
         self.on_write(job_id)
         if outcome[0] == "ok":
             _count(event, fields.get(F.STATE), claim_token != "", outcome[2])

@@ -101,7 +101,7 @@ class LonghaulServer:
         presigner = Presigner(s)
         records: RecordCache | StoredRecords = StoredRecords(store, presigner)
         if s.record_cache_size:
-            self._records = records = RecordCache(store, presigner, s.redis_url, s.record_cache_size)
+            self._records = records = RecordCache(store, presigner, s, s.record_cache_size)
             store.on_write = self._records.drop
         # Every job event the hub relays also drops the job's cached record.
         self._hub = WatchHub(redis, store.keys, on_event=store.on_write)

@@ -20,7 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from redis.exceptions import RedisError
 
 from jobs import tracing
-from jobs.errors import HistoryAhead, IdempotencyConflict, JobAlreadyFinished, JobNotFound, QuotaExceeded
+from jobs.errors import HistoryAhead, IdempotencyConflict, JobAlreadyFinished, JobNotFound, NotReplicated, QuotaExceeded
 from server.auth import WWW_AUTHENTICATE, Unauthenticated
 from server.caller import reply_headers
 from server.ratelimit import RateLimited
@@ -50,6 +50,7 @@ _DOMAIN_CODES: dict[type[Exception], grpc.StatusCode] = {
     JobAlreadyFinished: grpc.StatusCode.FAILED_PRECONDITION,
     HistoryAhead: grpc.StatusCode.OUT_OF_RANGE,
     ServerShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    NotReplicated: grpc.StatusCode.UNAVAILABLE,
 }
 
 

@@ -26,11 +26,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError, ResponseError
 
+from jobs.connections import multiplexed_redis
 from jobs.errors import JobNotFound
 from jobs.model import F
-from jobs.multiplex import MultiplexedRedis, open_protocol, pack
+from jobs.multiplex import Address, Connection, pack
+from jobs.settings import Settings
 from jobs.store import Fields, JobStore
 from longhaul.download.v1 import download_pb2 as pb
 from server.convert import Presigner, to_job
@@ -63,20 +65,22 @@ class _Entry:
 class RecordCache:
     """The same reads as StoredRecords, from memory when this server has the record."""
 
-    def __init__(self, store: JobStore, presigner: Presigner, url: str, capacity: int) -> None:
+    def __init__(self, store: JobStore, presigner: Presigner, settings: Settings, capacity: int) -> None:
         self._store = store
         self._presigner = presigner
         self._capacity = capacity
         self._records: collections.OrderedDict[str, _Entry] = collections.OrderedDict()  # Redis key -> entry
         self._pending: dict[str, object] = {}  # Redis key -> token of the read that may cache it
-        self._redirect_id: int | None = None  # our invalidation connection's client id, while up
-        self._reads = MultiplexedRedis(url, setup=self._tracking)
+        # Our invalidation connection's client id and the Redis it is on, while up.
+        self._redirect: tuple[int, Address] | None = None
+        self._listener_connection: Connection | None = None
+        self._reads = multiplexed_redis(settings, setup=self._tracking)
         self._listener: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
     @property
     def enabled(self) -> bool:
-        return self._redirect_id is not None
+        return self._redirect is not None
 
     async def start(self, timeout_s: float = 5) -> None:
         self._listener = asyncio.create_task(self._listen_forever())
@@ -151,11 +155,18 @@ class RecordCache:
 
     # -- invalidations -------------------------------------------------------------------------
 
-    def _tracking(self) -> list[tuple[Any, ...]]:
+    def _tracking(self, address: Address) -> list[tuple[Any, ...]]:
         """Set-up of each new reads connection: its reads are tracked, invalidations go to ours."""
-        if self._redirect_id is None:
+        if self._redirect is None:
             return []  # reads still work; none is cached (see get)
-        return [("CLIENT", "TRACKING", "ON", "REDIRECT", self._redirect_id)]
+        redirect_id, listening_at = self._redirect
+        if address != listening_at:
+            # A failover moved the primary: the id belongs to another Redis, where it may name some
+            # other client. The listener moves too; until then this connection is refused (and retried).
+            if self._listener_connection is not None:
+                self._listener_connection.abort(ConnectionError("the primary moved"))
+            raise ConnectionError(f"Redis's invalidations still come from {listening_at}, not {address}")
+        return [("CLIENT", "TRACKING", "ON", "REDIRECT", redirect_id)]
 
     def _invalidate(self, key: str) -> None:
         self._records.pop(key, None)
@@ -180,13 +191,14 @@ class RecordCache:
             lost = asyncio.get_running_loop().create_future()
             try:
                 # Called only while this iteration's protocol lives: `lost` is this iteration's.
-                protocol = await open_protocol(self._reads.options, lambda _: _set(lost), self._on_push)  # noqa: B023
+                protocol, address = await self._reads.open_connection(lambda _: _set(lost), self._on_push)  # noqa: B023
+                self._listener_connection = protocol
                 try:
                     redirect_id = await protocol.send(pack(("CLIENT", "ID")))
                     await protocol.send(pack(("SUBSCRIBE", INVALIDATIONS)))
                     # The reads connection may track into an older id: make it start afresh.
                     self._reads.reconnect()
-                    self._redirect_id = redirect_id
+                    self._redirect = (redirect_id, address)
                     self._ready.set()
                     backoff_s = 0.1
                     await lost
@@ -198,7 +210,8 @@ class RecordCache:
             except Exception as error:  # noqa: BLE001 - logged; the cache stays off until back
                 log.warning("record cache: invalidations unavailable (%s); retrying in %.1fs", error, backoff_s)
             finally:
-                self._redirect_id = None
+                self._redirect = None
+                self._listener_connection = None
                 self._clear()
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 5.0)

@@ -26,7 +26,7 @@ async def stores(settings):
     redis = redis_client(settings)
     server_store = JobStore(redis, settings, multiplexed_redis(settings))
     other = JobStore(redis, settings, multiplexed_redis(settings))
-    cache = RecordCache(server_store, Presigner(settings), settings.redis_url, capacity=100)
+    cache = RecordCache(server_store, Presigner(settings), settings, capacity=100)
     server_store.on_write = cache.drop
     await cache.start()
     yield cache, server_store, other
@@ -157,9 +157,9 @@ async def test_the_oldest_records_make_room(settings, stores) -> None:
 async def test_without_client_tracking_the_cache_is_off_and_reads_go_to_redis(settings, monkeypatch) -> None:
     redis = redis_client(settings)
     store = JobStore(redis, settings, multiplexed_redis(settings))
-    cache = RecordCache(store, Presigner(settings), settings.redis_url, capacity=100)
+    cache = RecordCache(store, Presigner(settings), settings, capacity=100)
     # What a Redis before 6.0, or one that forbids CLIENT commands, answers.
-    monkeypatch.setattr(cache._reads, "_setup", lambda: [("CLIENT", "NO-SUCH-SUBCOMMAND")])  # noqa: SLF001 - a private handshake
+    monkeypatch.setattr(cache._reads, "_setup", lambda address: [("CLIENT", "NO-SUCH-SUBCOMMAND")])  # noqa: SLF001 - a private handshake
     try:
         await cache.start()
         assert not cache.enabled

@@ -199,6 +199,22 @@ def test_every_error_names_its_trace(traced) -> None:
     assert [d.Unpack(info) and info.request_id for d in status_pb2.Status.FromString(status_detail).details] == [trace_id]
 
 
+def test_envoy_starts_the_trace_of_a_call_that_brings_none(traced) -> None:
+    """A plain curl sends no traceparent: Envoy's span is the root, and the error names its trace."""
+    gateway, receiver = traced
+    status, _, body = rest(gateway.port, "GET", f"/v1/download/status/{uuid.uuid4()}")
+    assert status == 404, body
+    [trace_id] = request_info(body["details"])
+
+    def spans_of_the_trace(spans):
+        found = {service: span for service, span in spans if span.trace_id.hex() == trace_id}
+        return found if {"longhaul-envoy", "longhaul-server"} <= found.keys() else None
+
+    found = receiver.until(spans_of_the_trace)
+    assert found["longhaul-envoy"].parent_span_id == b"", "Envoy's span starts the trace"
+    assert found["longhaul-server"].parent_span_id == found["longhaul-envoy"].span_id
+
+
 def test_without_tracing_an_error_names_envoys_request_id(gateway_without_tracing) -> None:
     gateway, _ = gateway_without_tracing
     status, headers, body = rest(gateway.port, "GET", f"/v1/download/status/{uuid.uuid4()}")

@@ -23,6 +23,13 @@ def test_tokens_keys_jwts_and_signatures_are_redacted_and_the_rest_kept() -> Non
     assert "/artifacts/tenants/acme/j/longhaul-j.zip?" in line and "X-Amz-Expires=900" in line
 
 
+def test_passwords_in_urls_are_redacted_and_the_address_kept() -> None:
+    line = redact("connecting to redis://:hunter2@redis-0:6379/0 and rediss://app:s3cr3t@redis-1:6380/0")
+    assert "hunter2" not in line and "s3cr3t" not in line
+    assert "redis://:[REDACTED]@redis-0:6379/0" in line and "rediss://app:[REDACTED]@redis-1:6380/0" in line
+    assert redact("http://127.0.0.1:8333/artifacts") == "http://127.0.0.1:8333/artifacts", "a port is no password"
+
+
 def test_the_formatter_covers_arguments_and_tracebacks() -> None:
     formatter = RedactingFormatter("%(message)s")
     try:
