@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
-def _binary(name: str) -> str:
+def binary(name: str) -> str:
     search = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     found = shutil.which(name, path=search)
     if found is None:
@@ -28,17 +28,20 @@ def _binary(name: str) -> str:
     return found
 
 
-def start_redis(port: int, data_dir: Path, log_dir: Path, appendonly: bool = False) -> ManagedProcess:
+def start_redis(
+    port: int, data_dir: Path, log_dir: Path, appendonly: bool = False, extra_args: list[str] | None = None
+) -> ManagedProcess:
     """A local Redis; with `appendonly`, persisted as production runs it (AOF, fsync every second)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        _binary("redis-server"),
+        binary("redis-server"),
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--save", "",
         "--appendonly", "yes" if appendonly else "no",
         "--appendfsync", "everysec",
         "--dir", str(data_dir),
+        *(extra_args or []),
     ]
     proc = ManagedProcess("redis", argv, log_dir / f"redis-{port}.log").start()
     proc.wait_until(lambda: port_open(port), 10, "accepting connections")
@@ -62,7 +65,7 @@ def start_seaweedfs(
     ports = {name: free_port(reserved, also_free=(10000,)) for name in ("master", "volume", "filer", "admin")}
     webdav = free_port(reserved)
     argv = [
-        _binary("weed"), "mini",
+        binary("weed"), "mini",
         f"-dir={data_dir}",
         "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-bucket={','.join(buckets)}",
@@ -206,7 +209,7 @@ def start_envoy(config: Mapping, work_dir: Path, log_dir: Path, name: str = "env
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
     listen_port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
     argv = [
-        _binary("envoy"), "-c", str(path),
+        binary("envoy"), "-c", str(path),
         "--use-dynamic-base-id",  # several Envoys on one machine need distinct shared-memory ids
         "--log-level", "warn",
     ]
@@ -238,7 +241,7 @@ def start_nginx(
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     (prefix / "tmp").chmod(0o777)  # nginx's workers drop root privileges
     (prefix / "nginx.conf").write_text(text)
-    argv = [_binary("nginx"), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
+    argv = [binary("nginx"), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
     proc = ManagedProcess("nginx", argv, log_dir / f"nginx-{http_port}.log").start()
     proc.wait_until(lambda: port_open(http_port) and port_open(grpc_port), 15, "listening")
     return proc

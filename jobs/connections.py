@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
 
 import aioboto3
 import botocore.session
 from botocore.config import Config
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
+from jobs.failover import Sentinels
 from jobs.multiplex import Address, MultiplexedRedis
 from jobs.settings import ConfigError, Settings
 
@@ -90,11 +91,38 @@ def _retrying(retries: int) -> dict[str, Any]:
     }
 
 
-def sentinel(settings: Settings) -> Sentinel:
-    """The sentinels of REDIS_SENTINELS, asked where the primary is (one asks each of them in turn
-    until one knows a primary it does not believe down)."""
-    auth = {"password": settings.redis_sentinel_password} if settings.redis_sentinel_password else {}
-    return Sentinel(settings.sentinel_addresses, sentinel_kwargs={"socket_timeout": 1, "socket_connect_timeout": 1, **auth})
+@runtime_checkable
+class Reconnects(Protocol):
+    """A client of our own that can drop its connection (MultiplexedRedis, the record cache)."""
+
+    def reconnect(self) -> None: ...
+
+
+def leaving_old_primary(*clients: Reconnects | Redis | ConnectionPool | None) -> Callable[[], Awaitable[None]]:
+    """What drops every connection of these clients, so that each reconnects to the new primary
+    (the commands in flight fail over with them, as on any lost connection)."""
+
+    async def leave() -> None:
+        for client in clients:
+            if isinstance(client, Reconnects):
+                client.reconnect()
+                continue
+            pool = client.connection_pool if isinstance(client, Redis) else client
+            if pool is not None:
+                # Idle connections only: one in use is dropped when its command returns (a Sentinel
+                # pool keeps none to an old primary), and closing it under a blocked command can
+                # leave that command waiting for good (redis/redis-py#2579).
+                await pool.disconnect(inuse_connections=False)
+
+    return leave
+
+
+@functools.cache
+def sentinel(settings: Settings) -> Sentinels:
+    """The sentinels of REDIS_SENTINELS, one object for every client of the process, so that a
+    failover under way (failover.py) holds all of them back. (Its connections belong to the event
+    loop that first uses them: a process runs one.)"""
+    return Sentinels(settings)
 
 
 def _data_node_options(settings: Settings) -> dict[str, Any]:

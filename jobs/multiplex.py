@@ -98,9 +98,10 @@ class Connection(asyncio.Protocol):
                 if not self._waiting and self._on_push is not None:
                     self._on_push(reply)
                     continue
-                if isinstance(reply, ResponseError) and str(reply).startswith("READONLY"):
-                    # A failover made this Redis a replica: this command and every later one did not
-                    # run. Failing them as a lost connection retries them on the new primary.
+                if isinstance(reply, ResponseError) and str(reply).startswith(("READONLY", "NOREPLICAS")):
+                    # A failover made this Redis a replica, or cut it off from its replicas: this
+                    # command and every later write did not run. Failing them as a lost connection
+                    # retries them on the primary the sentinels name now.
                     self.abort(ConnectionError(f"Redis is a replica now: {reply}"))
                     return
                 future, _ = self._waiting.popleft()

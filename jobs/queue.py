@@ -12,6 +12,7 @@ from typing import Any
 
 from bullmq import Queue, Worker
 from bullmq.lock_manager import LockManager
+from redis.asyncio import ConnectionPool
 
 from jobs.connections import bullmq_connection
 from jobs.keys import Keys
@@ -82,11 +83,16 @@ class JobQueue:
         )
         return worker
 
+    @property
+    def connection_pool(self) -> ConnectionPool | None:
+        """The pool bullmq's clients take their connections from, when it is ours (Sentinel)."""
+        return self._connection.get("connection_pool")
+
     async def close(self) -> None:
         if self._queue is not None:
             await self._queue.close()
-        if pool := self._connection.get("connection_pool"):
-            await pool.disconnect()  # a pool of ours (Sentinel), which bullmq's clients do not close
+        if self.connection_pool is not None:
+            await self.connection_pool.disconnect()  # bullmq's clients do not close a pool they were given
 
 
 def _options(job_id: str, priority: Priority) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class Replication:
             return await script(keys=keys, args=args)
         wanted = await self._wanted()
         reply, confirmed = await script.then_wait(wanted, self._timeout_ms, keys=keys, args=args)
-        self._check(what, confirmed, wanted)
+        await self._check(what, confirmed, wanted)
         return reply
 
     async def confirm(self, what: str) -> None:
@@ -53,11 +53,16 @@ class Replication:
         wanted = await self._wanted()
         # WAIT covers this connection's own writes only: one more write orders the earlier one before it.
         _, confirmed = await self._commands.execute_then_wait(("INCR", self._probe_key), wanted, self._timeout_ms)
-        self._check(what, confirmed, wanted)
+        await self._check(what, confirmed, wanted)
 
-    def _check(self, what: str, confirmed: int, wanted: int) -> None:
+    async def _check(self, what: str, confirmed: int, wanted: int) -> None:
+        if confirmed >= wanted:
+            return
+        # Too few: perhaps a replica went away (with the old primary, after a failover). Counted
+        # again, the replicas still connected may all have it.
+        self._counted_at = float("-inf")
+        wanted = await self._wanted()
         if confirmed < wanted:
-            self._counted_at = float("-inf")  # a replica may have gone: count again next time
             raise NotReplicated(what, confirmed, wanted, self._timeout_ms)
 
     async def _wanted(self) -> int:

@@ -127,6 +127,10 @@ class RecordCache:
             raise JobNotFound(job_id)
         return entry
 
+    def reconnect(self) -> None:
+        """Drops the reads' connection (a failover); the invalidations' follows it (`_tracking`)."""
+        self._reads.reconnect()
+
     def __contains__(self, job_id: str) -> bool:
         return self._store.keys.job(job_id) in self._records
 
