@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import idle, notify, observability, polling, queue, transfer, unary
+from bench import durability, idle, notify, observability, polling, queue, transfer, unary
 from bench.env import BenchEnv, bench_env
 from bench.report import Row, table
 
@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {
     "transfer": lambda env, sizes: transfer.run(env, sizes.small_mb, sizes.large_mb, sizes.rounds),
     "polling": lambda env, sizes: polling.run(),
     "observability": lambda env, sizes: observability.run(env, sizes.duration_s, sizes.rounds),
+    "durability": lambda env, sizes: durability.run(env, sizes.duration_s, sizes.rounds),
 }
 
 
