@@ -16,7 +16,7 @@ from redis.backoff import ExponentialBackoff
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
-from jobs.failover import Sentinels
+from jobs.failover import FollowingConnection, FollowingSSLConnection, Sentinels
 from jobs.multiplex import Address, MultiplexedRedis
 from jobs.settings import ConfigError, Settings
 
@@ -133,7 +133,7 @@ def _data_node_options(settings: Settings) -> dict[str, Any]:
         raise ConfigError("REDIS_SENTINELS: REDIS_URL must be redis:// or rediss://, not a unix socket")
     options.pop("host", None)
     options.pop("port", None)
-    return options | ({"ssl": True} if kind is SSLConnection else {})
+    return options | {"connection_class": FollowingSSLConnection if kind is SSLConnection else FollowingConnection}
 
 
 @functools.cache

@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.asyncio.connection import SSLConnection
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
 from jobs.settings import Settings
 
@@ -35,6 +36,21 @@ SWITCHED = "+switch-master"
 ABORTED = "-failover-abort-*"
 # The longest a promotion may keep connections closed if its end is never announced to us.
 _FENCE_S = 10.0
+
+
+class FollowingConnection(SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection, asking where the primary is on every reconnect.
+    redis-py 8.1 asks only in connect(): a connection that drops while in use reconnects from
+    send_command to the address it had, the dead primary's, for good (seen in the failover tests)."""
+
+    async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if not self.is_connected and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health, retry_socket_connect)
+
+
+class FollowingSSLConnection(FollowingConnection, SSLConnection):
+    pass
 
 
 class Sentinels(Sentinel):

@@ -7,6 +7,7 @@ at-least-once delivery: a job whose worker dies is moved back to waiting when it
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,8 @@ from jobs.connections import bullmq_connection
 from jobs.keys import Keys
 from jobs.model import QUEUE_PRIORITY, Priority
 from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
 
 JOB_NAME = "download"
 
@@ -73,6 +76,9 @@ class JobQueue:
                 "maxStalledCount": s.max_attempts + 1,
             },
         )
+        # bullmq reports what goes wrong in its own loop (a lost connection, a script error) only as
+        # events: logged, or nobody would know why a worker stopped taking jobs.
+        worker.on("error", lambda error, *_: log.warning("queue worker: %s", error, exc_info=error))
         # Replaced before the worker's loop first runs (it starts the lock manager).
         worker.lockManager = RedeliveryAwareLockManager(
             worker,
