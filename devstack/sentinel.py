@@ -50,7 +50,11 @@ class SentinelRedis:
     def start_node(self, port: int, replica_of: int | None = None) -> None:
         """Starts (or restarts) a data node; a restarted old primary is turned into a replica by the
         sentinels, as they would any returning node."""
-        extra = ["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []
+        # A replica re-pointed at a new primary often needs a full copy (the old primary took the
+        # sentinels' own writes after its promotion); Redis waits 5 s by default before sending one,
+        # for more replicas to share it, and creates wait for a replica meanwhile (REDIS_WAIT_REPLICAS).
+        extra = ["--repl-diskless-sync-delay", "0"]
+        extra += ["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []
         self.nodes[port] = start_redis(port, self._data_dir / str(port), self._log_dir, extra_args=extra)
 
     def _start_sentinel(self, port: int, primary: int) -> ManagedProcess:

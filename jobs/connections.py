@@ -109,10 +109,8 @@ def leaving_old_primary(*clients: Reconnects | Redis | ConnectionPool | None) ->
                 continue
             pool = client.connection_pool if isinstance(client, Redis) else client
             if pool is not None:
-                # Idle connections only: one in use is dropped when its command returns (a Sentinel
-                # pool keeps none to an old primary), and closing it under a blocked command can
-                # leave that command waiting for good (redis/redis-py#2579).
-                await pool.disconnect(inuse_connections=False)
+                # Those in use too: bullmq's clients each hold one connection for good.
+                await pool.disconnect(inuse_connections=True)
 
     return leave
 
