@@ -46,11 +46,13 @@ class Stack:
         envoy_port: int,
         envoy_admin_port: int,
         envoy_metrics_port: int = 9902,
+        servers: int = 1,
     ) -> None:
         self.settings = settings
         self.data_dir = data_dir
         self.log_dir = data_dir / "logs"
         self.workers = workers
+        self.servers = servers
         self.envoy_port = envoy_port
         self.envoy_admin_port = envoy_admin_port
         self.envoy_metrics_port = envoy_metrics_port
@@ -61,18 +63,30 @@ class Stack:
     def start(self) -> None:
         self.prepare()
         env = self.settings.to_env()
-        server = python_process("server", "server", env, self.log_dir)
-        self.started.append(server)
-        grpc_port = int(self.settings.grpc_listen.rsplit(":", 1)[1])
-        http_port = int(self.settings.http_listen.rsplit(":", 1)[1])
-        server.wait_until(lambda: port_open(grpc_port) and port_open(http_port), 30, "serving")
+        for index, (grpc_listen, http_listen) in enumerate(self.server_listens()):
+            name = "server" if self.servers == 1 else f"server-{index + 1}"
+            server = python_process(name, "server", dict(env, GRPC_LISTEN=grpc_listen, HTTP_LISTEN=http_listen), self.log_dir)
+            self.started.append(server)
+            server.wait_until(lambda g=grpc_listen, h=http_listen: port_open(_port(g)) and port_open(_port(h)), 30, "serving")
         for index, metrics_listen in enumerate(self.worker_metrics()):
             worker_env = dict(env, WORKER_NAME=f"worker-{index + 1}@{os.uname().nodename}", METRICS_LISTEN=metrics_listen)
             self.started.append(python_process(f"worker-{index + 1}", "worker", worker_env, self.log_dir))
-        config = envoy_config(self.envoy_port, self.envoy_admin_port, [(grpc_port, http_port)], self.envoy_metrics_port)
+        upstreams = [(_port(grpc_listen), _port(http_listen)) for grpc_listen, http_listen in self.server_listens()]
+        config = envoy_config(self.envoy_port, self.envoy_admin_port, upstreams, self.envoy_metrics_port)
         if tracing.enabled():
             envoy_tracing(config, tracing.traces_url())
         self.started.append(start_envoy(config, self.data_dir / "envoy", self.log_dir))
+
+    def server_listens(self) -> list[tuple[str, str]]:
+        """(gRPC, HTTP) address of each server process: GRPC_LISTEN and HTTP_LISTEN for the first,
+        ports two apart after them for the others (so 50051/50052, 50053/50054, ... by default)."""
+        (grpc_host, _, grpc_port), (http_host, _, http_port) = (
+            self.settings.grpc_listen.rpartition(":"), self.settings.http_listen.rpartition(":")
+        )
+        return [
+            (f"{grpc_host}:{int(grpc_port) + 2 * index}", f"{http_host}:{int(http_port) + 2 * index}")
+            for index in range(self.servers)
+        ]
 
     def worker_metrics(self) -> list[str]:
         """Where each worker serves its metrics: METRICS_LISTEN (by default 127.0.0.1:9102) for the
@@ -92,12 +106,11 @@ class Stack:
     def _check_ports_free(self) -> None:
         """Our servers and Envoy bind with SO_REUSEPORT: a second stack on the same ports would start
         and share them with the first, each answering half the calls. Refuse instead."""
-        s = self.settings
         wanted = {
             self.envoy_port: "Envoy (ENVOY_PORT)",
             self.envoy_admin_port: "Envoy's admin (ENVOY_ADMIN_PORT)",
-            int(s.grpc_listen.rsplit(":", 1)[1]): "the gRPC server (GRPC_LISTEN)",
-            int(s.http_listen.rsplit(":", 1)[1]): "the server's HTTP side (HTTP_LISTEN)",
+            **{_port(grpc): "a gRPC server (GRPC_LISTEN)" for grpc, _ in self.server_listens()},
+            **{_port(http): "a server's HTTP side (HTTP_LISTEN)" for _, http in self.server_listens()},
             self.envoy_metrics_port: "Envoy's metrics (ENVOY_METRICS_PORT)",
             **{int(listen.rsplit(":", 1)[1]): "a worker's metrics (METRICS_LISTEN)" for listen in self.worker_metrics()},
         }
@@ -180,17 +193,19 @@ class Stack:
         )
 
     def banner(self) -> str:
-        grpc = self.settings.grpc_listen
+        listens = self.server_listens()
         page = f"http://127.0.0.1:{self.envoy_port}/"
         lines = [
             "",
             "Longhaul is running.",
-            f"  gRPC (direct) {grpc}",
+            f"  gRPC (direct) {', '.join(grpc for grpc, _ in listens)}",
             f"  Envoy         127.0.0.1:{self.envoy_port}   (admin 127.0.0.1:{self.envoy_admin_port})",
             f"  Web page      {page + '#token=' + self.dev_key if self.dev_key else page}",
             *(f"  {note}" for note in self.notes),
+            f"  Servers       {self.servers} processes, behind Envoy",
             f"  Workers       {self.workers} processes",
-            f"  Metrics       http://{self.settings.http_listen}/metrics (server)",
+            f"  Metrics       http://{listens[0][1]}/metrics (server{' 1' if self.servers > 1 else ''})",
+            *(f"                http://{http}/metrics (server {n})" for n, (_, http) in enumerate(listens[1:], 2)),
             *(f"                http://{listen}/metrics (worker {n})" for n, listen in enumerate(self.worker_metrics(), 1)),
             f"                http://127.0.0.1:{self.envoy_metrics_port}/stats/prometheus (Envoy)",
             f"  Logs          {self.log_dir}",
@@ -246,6 +261,10 @@ class Stack:
             proc.stop()
 
 
+def _port(listen: str) -> int:
+    return int(listen.rsplit(":", 1)[1])
+
+
 def _persistence_warning(client: redis.Redis) -> str:
     try:
         persisted = client.config_get("appendonly").get("appendonly") == "yes" or client.config_get("save").get("save")
@@ -262,6 +281,7 @@ def main() -> int:
         settings,
         data_dir,
         workers=int(os.environ.get("WORKER_PROCESSES", "2")),
+        servers=int(os.environ.get("SERVER_PROCESSES", "1")),
         envoy_port=int(os.environ.get("ENVOY_PORT", "8080")),
         envoy_admin_port=int(os.environ.get("ENVOY_ADMIN_PORT", "9901")),
         envoy_metrics_port=int(os.environ.get("ENVOY_METRICS_PORT", "9902")),

@@ -56,8 +56,8 @@ def children_of(pid: int) -> set[int]:
 def running_stack(tmp_path_factory):
     reserved: set[int] = set()
     ports = {
-        "grpc": free_port(reserved),
-        "http": free_port(reserved),
+        "grpc": free_port(reserved, also_free=(2,)),  # and two after, for the second server
+        "http": free_port(reserved, also_free=(2,)),
         "envoy": free_port(reserved),
         "admin": free_port(reserved),
         "envoy_metrics": free_port(reserved),
@@ -76,6 +76,7 @@ def running_stack(tmp_path_factory):
         REDIS_URL=f"redis://127.0.0.1:{ports['redis']}/0",
         S3_ENDPOINT=f"http://127.0.0.1:{ports['s3']}",
         LONGHAUL_DATA_DIR=str(tmp_path_factory.mktemp("stack")),
+        SERVER_PROCESSES="2",
         DOWNLOAD_DELAY_MIN_MS="1500",
         DOWNLOAD_DELAY_MAX_MS="1500",
     )
@@ -128,7 +129,7 @@ def test_the_banners_commands_work_as_printed(running_stack, tmp_path) -> None:
 def test_the_banner_says_where_to_connect(running_stack) -> None:
     _, ports, _, banner = running_stack
     assert f"127.0.0.1:{ports['envoy']}" in banner
-    assert f"127.0.0.1:{ports['grpc']}" in banner
+    assert f"127.0.0.1:{ports['grpc']}, 127.0.0.1:{ports['grpc'] + 2}" in banner, "both servers"
     assert "started here" in banner  # its own Redis and SeaweedFS
     page_url = f"http://127.0.0.1:{ports['envoy']}/"
     assert page_url in banner
@@ -141,6 +142,7 @@ def test_the_banner_says_where_the_metrics_are_and_each_place_serves_them(runnin
     worker = ports["worker_metrics"]
     assert re.findall(r"http://\S+", banner.split("Metrics", 1)[1].split("Logs", 1)[0]) == [
         f"http://127.0.0.1:{ports['http']}/metrics",
+        f"http://127.0.0.1:{ports['http'] + 2}/metrics",
         f"http://127.0.0.1:{worker}/metrics",
         f"http://127.0.0.1:{worker + 1}/metrics",
         f"http://127.0.0.1:{ports['envoy_metrics']}/stats/prometheus",
@@ -162,6 +164,21 @@ def test_the_banner_says_where_the_metrics_are_and_each_place_serves_them(runnin
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 404, path
+
+
+def test_envoy_spreads_calls_over_the_server_processes(running_stack) -> None:
+    _, ports, _, banner = running_stack
+    key = dev_key(banner)
+    for _ in range(20):
+        assert rest(ports["envoy"], "GET", "/v1/download/jobs", token=key)[0] == 200
+
+    def listed(http_port: int) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("grpc_server_handled_total{") and 'grpc_method="ListDownloads"' in line)
+
+    assert listed(ports["http"]) > 0 and listed(ports["http"] + 2) > 0, "one server took every call"
 
 
 def test_reflection_and_health_through_envoy(running_stack) -> None:
