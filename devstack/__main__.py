@@ -14,6 +14,7 @@ Unless API_KEYS_FILE or JWT settings say who may call, it makes a development AP
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -67,7 +68,7 @@ class Stack:
             name = "server" if self.servers == 1 else f"server-{index + 1}"
             server = python_process(name, "server", dict(env, GRPC_LISTEN=grpc_listen, HTTP_LISTEN=http_listen), self.log_dir)
             self.started.append(server)
-            server.wait_until(lambda g=grpc_listen, h=http_listen: port_open(_port(g)) and port_open(_port(h)), 30, "serving")
+            server.wait_until(functools.partial(_serving, grpc_listen, http_listen), 30, "serving")
         for index, metrics_listen in enumerate(self.worker_metrics()):
             worker_env = dict(env, WORKER_NAME=f"worker-{index + 1}@{os.uname().nodename}", METRICS_LISTEN=metrics_listen)
             self.started.append(python_process(f"worker-{index + 1}", "worker", worker_env, self.log_dir))
@@ -263,6 +264,10 @@ class Stack:
 
 def _port(listen: str) -> int:
     return int(listen.rsplit(":", 1)[1])
+
+
+def _serving(grpc_listen: str, http_listen: str) -> bool:
+    return port_open(_port(grpc_listen)) and port_open(_port(http_listen))
 
 
 def _persistence_warning(client: redis.Redis) -> str:
