@@ -9,6 +9,8 @@ import time
 import urllib.request
 import zipfile
 
+import grpc
+
 from devstack.seed import seed_content
 from jobs.connections import s3_client_kwargs, s3_session
 from jobs.settings import Settings
@@ -33,6 +35,29 @@ async def watch_all(
     """Every message of one WatchProgress call, until the server ends the stream."""
     call = stub.WatchProgress(pb.WatchProgressRequest(job_id=job_id, after_seq=after_seq), timeout=timeout_s)
     return [message async for message in call]
+
+
+async def follow_resuming(
+    stub: pb_grpc.DownloadServiceStub, job_id: str, retryable: set[grpc.StatusCode]
+) -> tuple[list[int], pb.Job, int]:
+    """Watches a job to its end as a client should, resuming from the last seq after each drop:
+    (the seqs seen, snapshot first; the final job; how many times it resumed)."""
+    seqs: list[int] = []
+    final = None
+    resumed = -1
+    while True:
+        resumed += 1
+        try:
+            call = stub.WatchProgress(pb.WatchProgressRequest(job_id=job_id, after_seq=seqs[-1] if seqs else 0), timeout=60)
+            async for message in call:
+                # A heartbeat carries no change; an error event comes before the status that ends the stream.
+                if message.type not in (pb.EVENT_TYPE_HEARTBEAT, pb.EVENT_TYPE_ERROR):
+                    seqs.append(message.seq)
+                    final = message.job
+            return seqs, final, resumed
+        except grpc.aio.AioRpcError as error:
+            assert error.code() in retryable, error
+            await asyncio.sleep(0.1)
 
 
 async def wait_done(stub: pb_grpc.DownloadServiceStub, job_id: str, timeout_s: float = 30) -> pb.Job:

@@ -26,7 +26,7 @@ from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from tests.conftest import SMALL_IDS
 from tests.credentials import channel
 from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
-from tests.helpers import check_archive
+from tests.helpers import check_archive, follow_resuming
 from tests.web_clients import rest
 
 JOBS = 50
@@ -93,19 +93,7 @@ async def create(stub, gateway: Gateway, run: Run, index: int, file_ids: list[in
 
 
 async def watch(stub, run: Run, job_id: str) -> None:
-    """Follows a job to its end, resuming from the last seq it saw after every drop."""
-    seqs = run.seqs.setdefault(job_id, [])
-    while True:
-        try:
-            call = stub.WatchProgress(pb.WatchProgressRequest(job_id=job_id, after_seq=seqs[-1] if seqs else 0), timeout=60)
-            async for message in call:
-                if message.type not in (pb.EVENT_TYPE_HEARTBEAT, pb.EVENT_TYPE_ERROR):  # an error ends the stream: resumed below
-                    seqs.append(message.seq)
-                    run.finals[job_id] = message.job
-            return
-        except grpc.aio.AioRpcError as error:
-            assert error.code() in RETRYABLE, error
-            await asyncio.sleep(0.1)
+    run.seqs[job_id], run.finals[job_id], _ = await follow_resuming(stub, job_id, RETRYABLE)
 
 
 async def chaos_run(gateway: Gateway, fail: Callable[[], None]) -> Run:

@@ -29,13 +29,17 @@ class Gateway:
     settings: Settings
     port: int  # Envoy's public listener
     servers: list[ManagedProcess]
-    worker: ManagedProcess
+    workers: list[ManagedProcess]
     envoy: ManagedProcess
     upstreams: list[tuple[int, int]]  # each server's (gRPC port, HTTP port)
 
     @property
     def server(self) -> ManagedProcess:
         return self.servers[0]
+
+    @property
+    def worker(self) -> ManagedProcess:
+        return self.workers[0]
 
     @property
     def address(self) -> str:
@@ -58,7 +62,7 @@ def wait_healthy(port: int, timeout_s: float = 15) -> None:
 
 
 def start_gateway(
-    base: Settings, work_dir: Path, envoy_changes=None, wait: bool = True, replicas: int = 1,
+    base: Settings, work_dir: Path, envoy_changes=None, wait: bool = True, replicas: int = 1, workers: int = 1,
     **changes: object,
 ) -> Gateway:
     reserved: set[int] = set()
@@ -75,8 +79,8 @@ def start_gateway(
             started.append(server)
             server.wait_until(lambda g=grpc_port, h=http_port: port_open(g) and port_open(h), 30, "serving")
             upstreams.append((grpc_port, http_port))
-        worker = python_process(f"worker-{settings.redis_prefix}", "worker", settings.to_env(), logs)
-        started.append(worker)
+        for index in range(workers):
+            started.append(python_process(f"worker-{settings.redis_prefix}-{index}", "worker", settings.to_env(), logs))
         config = envoy_config(envoy_port, admin_port, upstreams)
         if envoy_changes:
             envoy_changes(config)
@@ -88,11 +92,11 @@ def start_gateway(
         for proc in reversed(started):
             proc.stop()
         raise
-    return Gateway(settings, envoy_port, started[:replicas], worker, envoy, upstreams)
+    return Gateway(settings, envoy_port, started[:replicas], started[replicas:-1], envoy, upstreams)
 
 
 def stop_gateway(gateway: Gateway) -> None:
-    for proc in (gateway.envoy, gateway.worker, *gateway.servers):
+    for proc in (gateway.envoy, *gateway.workers, *gateway.servers):
         proc.stop()
 
 
