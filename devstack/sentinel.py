@@ -65,7 +65,9 @@ class SentinelRedis:
             f"port {port}\nbind 127.0.0.1\ndir {self._data_dir}\n"
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} {quorum}\n"
             f"sentinel down-after-milliseconds {MASTER_NAME} {self._down_after_ms}\n"
-            f"sentinel failover-timeout {MASTER_NAME} {self._down_after_ms * 5}\n"
+            # A sentinel starts no failover of a master within twice this of the last one: short, so
+            # that one test's failover does not hold back the next test's.
+            f"sentinel failover-timeout {MASTER_NAME} {self._down_after_ms * 2}\n"
             f"sentinel parallel-syncs {MASTER_NAME} {len(self.node_ports)}\n"
         )
         argv = [binary("redis-server"), str(config), "--sentinel"]

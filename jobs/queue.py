@@ -78,7 +78,7 @@ class JobQueue:
         )
         # bullmq reports what goes wrong in its own loop (a lost connection, a script error) only as
         # events: logged, or nobody would know why a worker stopped taking jobs.
-        worker.on("error", lambda error, *_: log.warning("queue worker: %s", error, exc_info=error))
+        worker.on("error", lambda error, *_: log.warning("queue worker: %s: %s", type(error).__name__, error))
         # Replaced before the worker's loop first runs (it starts the lock manager).
         worker.lockManager = RedeliveryAwareLockManager(
             worker,

@@ -25,7 +25,7 @@ def test_the_lines_about_a_job_carry_its_id_and_tenant(base_settings, work_dir: 
     finally:
         del os.environ["LOG_FORMAT"]
     try:
-        worker_log = work_dir / "logs" / f"worker-{gateway.settings.redis_prefix}.log"
+        worker_log = gateway.worker.log_path
         with Client(gateway.address, token=TOKEN) as client:
             job = client.initiate(SMALL_IDS[:2])
             deadline = time.monotonic() + 20
