@@ -5,14 +5,11 @@ each create, on the connection that wrote). Rate and latency percentiles of each
 
 from __future__ import annotations
 
-import time
-
-import redis
-
 from bench.env import BenchEnv
 from bench.loadgen import UnaryLoad, unary
 from bench.report import Row, median, percentile
 from devstack.processes import free_port
+from devstack.sentinel import wait_for_replicas
 from devstack.services import start_redis
 from longhaul.download.v1 import download_pb2 as pb
 
@@ -25,12 +22,7 @@ def run(env: BenchEnv, duration_s: float, rounds: int) -> list[Row]:
     primary_port = int(env.settings.redis_url.rsplit(":", 1)[1].split("/")[0])
     replica = start_redis(free_port(), env.work / "replica", env.logs, extra_args=["--replicaof", "127.0.0.1", str(primary_port)])
     env.processes.append(replica)
-    with redis.Redis(port=primary_port) as primary:
-        deadline = time.monotonic() + 30
-        while len(primary.execute_command("ROLE")[2]) < 1:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the replica did not connect")
-            time.sleep(0.05)
+    wait_for_replicas(primary_port, 1)
     servers = {"primary": env.start_server()[1], "replicated": env.start_server(redis_wait_replicas=1)[1]}
     request = pb.InitiateDownloadRequest(file_ids=[70000, 70007, 70014]).SerializeToString()
     rates: dict[str, list[float]] = {name: [] for name in servers}

@@ -113,7 +113,7 @@ class Stack:
             **{_port(grpc): "a gRPC server (GRPC_LISTEN)" for grpc, _ in self.server_listens()},
             **{_port(http): "a server's HTTP side (HTTP_LISTEN)" for _, http in self.server_listens()},
             self.envoy_metrics_port: "Envoy's metrics (ENVOY_METRICS_PORT)",
-            **{int(listen.rsplit(":", 1)[1]): "a worker's metrics (METRICS_LISTEN)" for listen in self.worker_metrics()},
+            **{_port(listen): "a worker's metrics (METRICS_LISTEN)" for listen in self.worker_metrics()},
         }
         for port, what in wanted.items():
             if port_open(port):

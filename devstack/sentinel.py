@@ -1,6 +1,7 @@
 """Redis as production runs it when one host is not enough: a primary, its replicas and Sentinels
 that promote a replica when the primary dies. Real `redis-server` processes (a sentinel is
-`redis-server --sentinel`), on loopback ports; used by the failover tests and the benchmarks."""
+`redis-server --sentinel`), on loopback ports, for the failover tests; `wait_for_replicas` also
+serves the tests and benchmarks that start a replica of their own."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ class SentinelRedis:
         live = [port for port, proc in self.nodes.items() if proc.alive() and port != primary]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.primary_port() == primary and self.replicas_of(primary) >= len(live):
+            if self.primary_port() == primary and replicas_of(primary) >= len(live):
                 return
             time.sleep(0.1)
         raise TimeoutError(f"the sentinels did not settle on 127.0.0.1:{primary} with {len(live)} replicas")
@@ -108,15 +109,25 @@ class SentinelRedis:
             time.sleep(0.05)
         raise TimeoutError(f"no failover away from 127.0.0.1:{old} within {timeout_s:.0f} s")
 
-    @staticmethod
-    def replicas_of(port: int) -> int:
-        try:
-            with redis.Redis(port=port, socket_timeout=1) as node:
-                role = node.execute_command("ROLE")
-        except redis.RedisError:
-            return -1
-        return len(role[2]) if role[0] in (b"master", "master") else -1
-
     def stop(self) -> None:
         for proc in [*self.sentinels, *self.nodes.values()]:
             proc.stop()
+
+
+def replicas_of(port: int) -> int:
+    """How many replicas the primary on `port` has connected; -1 when it is down or not a primary."""
+    try:
+        with redis.Redis(port=port, socket_timeout=1) as node:
+            role = node.execute_command("ROLE")
+    except redis.RedisError:
+        return -1
+    return len(role[2]) if role[0] in (b"master", "master") else -1
+
+
+def wait_for_replicas(primary_port: int, count: int, timeout_s: float = 30) -> None:
+    """Until the primary on `primary_port` has `count` replicas connected."""
+    deadline = time.monotonic() + timeout_s
+    while replicas_of(primary_port) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"127.0.0.1:{primary_port} did not get {count} replicas within {timeout_s:.0f} s")
+        time.sleep(0.05)

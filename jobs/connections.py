@@ -16,7 +16,7 @@ from redis.backoff import ExponentialBackoff
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
-from jobs.failover import FollowingConnection, FollowingSSLConnection, Sentinels
+from jobs.failover import FailoverWatch, FollowingConnection, FollowingSSLConnection, Sentinels
 from jobs.multiplex import Address, MultiplexedRedis
 from jobs.settings import ConfigError, Settings
 
@@ -98,7 +98,17 @@ class Reconnects(Protocol):
     def reconnect(self) -> None: ...
 
 
-def leaving_old_primary(*clients: Reconnects | Redis | ConnectionPool | None) -> Callable[[], Awaitable[None]]:
+def watch_failovers(settings: Settings, *clients: Reconnects | Redis | ConnectionPool | None) -> FailoverWatch | None:
+    """With Redis behind Sentinel, a started FailoverWatch that moves these clients to each new
+    primary (the caller closes it); None otherwise."""
+    if not settings.sentinel_addresses:
+        return None
+    watch = FailoverWatch(settings, sentinel(settings), _leaving_old_primary(*clients))
+    watch.start()
+    return watch
+
+
+def _leaving_old_primary(*clients: Reconnects | Redis | ConnectionPool | None) -> Callable[[], Awaitable[None]]:
     """What drops every connection of these clients, so that each reconnects to the new primary
     (the commands in flight fail over with them, as on any lost connection)."""
 

@@ -15,8 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from jobs import tracing
-from jobs.connections import leaving_old_primary, multiplexed_redis, redis_client, s3_client_kwargs, s3_session, sentinel
-from jobs.failover import FailoverWatch
+from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session, watch_failovers
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -111,9 +110,7 @@ class LonghaulServer:
         limiter = RateLimiter(commands, store.keys, s, self._clock)
         queue = JobQueue(s)  # only counted (/queue-depth): the workers' relays enqueue
         self._exit_stack.push_async_callback(queue.close)
-        if s.sentinel_addresses:
-            failovers = FailoverWatch(s, sentinel(s), leaving_old_primary(redis, commands, self._records, queue.connection_pool))
-            failovers.start()
+        if failovers := watch_failovers(s, redis, commands, self._records, queue.connection_pool):
             self._exit_stack.push_async_callback(failovers.close)
         workers = WorkerRegistry(redis, store.keys)
         self._http = HttpSide(store, presigner, self._health, authenticator, limiter, queue, workers)

@@ -21,9 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs import metrics, tracing
-from jobs.connections import leaving_old_primary, multiplexed_redis, redis_client, s3_client_kwargs, s3_session, sentinel
+from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session, watch_failovers
 from jobs.errors import RunSuperseded
-from jobs.failover import FailoverWatch
 from jobs.logs import bind
 from jobs.model import ErrorCode, EventType, F, Phase, State
 from jobs.queue import JobQueue
@@ -103,10 +102,7 @@ class WorkerRunner:
         self._worker = self._queue.worker(self._process, self.name)
         self._relay.start()
         self._reporting = asyncio.create_task(self._registry.keep_reporting(self.name))
-        if self.settings.sentinel_addresses:
-            leave = leaving_old_primary(self._redis, self._commands, self._queue.connection_pool)
-            failovers = FailoverWatch(self.settings, sentinel(self.settings), leave)
-            failovers.start()
+        if failovers := watch_failovers(self.settings, self._redis, self._commands, self._queue.connection_pool):
             self._exit_stack.push_async_callback(failovers.close)
         log.info("worker %s taking jobs from queue %r", self.name, self.settings.queue_name)
 

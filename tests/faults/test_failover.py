@@ -45,7 +45,7 @@ def gateway(base_settings, work_dir: Path, topology: SentinelRedis) -> Iterator[
     started = start_gateway(
         base_settings, work_dir, redis_sentinels=topology.sentinel_addresses, redis_sentinel_master=MASTER_NAME,
         redis_wait_replicas=1, delay_min_ms=300, delay_max_ms=1_500, worker_concurrency=16,
-        # The production defaults: the tests' 2 s locks lapse while connections wait out a failover.
+        # The production defaults: the tests' 2 s locks lapse while a failover holds writes back.
         lock_ms=10_000, stalled_check_ms=5_000,
     )
     yield started
@@ -62,6 +62,7 @@ class Run:
     refused: int = 0  # calls answered UNAVAILABLE (to be repeated), during the failover
     first_success_after_failure_s: float | None = None
     failed_at: float = 0.0
+    completed_s: float = 0.0  # from the failure to the last job's end
 
 
 async def create(stub, gateway: Gateway, run: Run, index: int, file_ids: list[int]) -> str:

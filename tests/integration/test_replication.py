@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from devstack.processes import free_port
+from devstack.sentinel import wait_for_replicas
 from devstack.services import start_redis
 from jobs.connections import multiplexed_redis, redis_client
 from jobs.errors import NotReplicated
@@ -33,9 +34,7 @@ def primary_and_replica(work_dir: Path, request):
                 replica_port, work_dir / f"{name}-replica", logs, extra_args=["--replicaof", "127.0.0.1", str(primary_port)]
             )
         )
-        with redis.Redis(port=primary_port) as client:
-            while len(client.execute_command("ROLE")[2]) < 1:
-                pass  # until the replica has synced and acknowledged
+        wait_for_replicas(primary_port, 1)
 
     start_replica()
     yield primary_port, replica_port, start_replica, lambda: started[-1].kill()
