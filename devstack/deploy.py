@@ -3,7 +3,10 @@
     python -m devstack.deploy up     Redis and S3 as `make run` starts them (or the ones already
                                      running), then the server, workers and Envoy as containers
                                      (`podman kube play` of deploy/kubernetes's local overlay);
-                                     returns once Envoy answers on ENVOY_PORT (8080), printing the key
+                                     returns once Envoy answers on ENVOY_PORT (8080), printing the key.
+                                     With REDIS_SENTINELS set, Redis is optional/redis-sentinel.yaml
+                                     instead: three nodes, each a sentinel at one of those addresses
+                                     (on this machine) and Redis 20000 ports below it
     python -m devstack.deploy down   removes every container and pod it made, stops the Redis and
                                      S3 it started, and waits until the ports are free
 
@@ -26,8 +29,9 @@ import yaml
 from grpc_health.v1 import health_pb2
 
 from devstack.__main__ import Stack
-from devstack.kube import local_manifests
+from devstack.kube import local_manifests, local_sentinel_redis
 from devstack.processes import port_open
+from devstack.sentinel import primary_port
 from devstack.services import ROOT
 from jobs.logs import setup_logging
 from jobs.settings import Settings
@@ -43,6 +47,7 @@ class Deployment:
         self.data_dir = data_dir
         self.dir = data_dir / "deploy"
         self.manifest = self.dir / "longhaul.yaml"
+        self.redis_manifest = self.dir / "redis.yaml"
         self.pids = self.dir / "pids.json"
         self.envoy_port = envoy_port
         self.envoy_admin_port = envoy_admin_port
@@ -57,6 +62,8 @@ class Deployment:
         assets = self.dir / "assets"
         assets.mkdir(exist_ok=True)
         assets.chmod(0o777)  # written by the init step's user, read by Envoy's
+        if stack.settings.redis_sentinels:
+            self._sentinel_redis(stack.settings.sentinel_addresses)
         documents, init_runs = local_manifests(
             stack.settings, self.envoy_port, self.envoy_admin_port, self.workers, assets
         )
@@ -67,15 +74,31 @@ class Deployment:
         self._wait_ready()
         return stack
 
+    def _sentinel_redis(self, sentinels: list[tuple[str, int]], timeout_s: float = 60) -> None:
+        """Starts the Redis nodes and their sentinels first, and waits until the sentinels agree on a
+        primary, so that the service starts against a Redis that is there."""
+        for index in range(len(sentinels)):
+            volume = self.dir / f"redis-{index}"
+            volume.mkdir(exist_ok=True)
+            volume.chmod(0o777)  # written by the redis image's user
+        self.redis_manifest.write_text(yaml.safe_dump_all(local_sentinel_redis(sentinels, self.dir), sort_keys=False))
+        podman("kube", "play", "--replace", str(self.redis_manifest))
+        deadline = time.monotonic() + timeout_s
+        while primary_port([port for _, port in sentinels]) is None:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the sentinels named no primary within {timeout_s:.0f} s:\n{podman('pod', 'ps', capture=True)}")
+            time.sleep(0.2)
+
     def _wait_ready(self, timeout_s: float = 120) -> None:
         if not wait_serving(self.envoy_port, timeout_s):
             pods = podman("pod", "ps", capture=True)
             raise SystemExit(f"the deployment was not ready within {timeout_s:.0f} s:\n{pods}")
 
     def down(self) -> None:
-        if self.manifest.exists():
-            podman("kube", "down", str(self.manifest), check=False)
-            self.manifest.unlink()
+        for manifest in (self.manifest, self.redis_manifest):
+            if manifest.exists():
+                podman("kube", "down", str(manifest), check=False)
+                manifest.unlink()
         # Whatever a failed `up` or `down` left: every pod of ours, by name.
         pods = podman("pod", "ps", "--quiet", "--filter", f"name=^{POD_PREFIX}", capture=True).split()
         if pods:

@@ -12,7 +12,7 @@ the REST guard from the assets an init container copies out of the application i
 
 `local_manifests` is the local overlay `make deploy-up` runs with `podman kube play`: the same
 Deployments on the host's network, with the images `make images` built and the settings and key
-file `make run` would use.
+file `make run` would use; `local_sentinel_redis` likewise for optional/redis-sentinel.yaml.
 """
 
 from __future__ import annotations
@@ -75,7 +75,11 @@ def _config_map(name: str, data: dict[str, str]) -> dict:
 
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
-LOCAL_IMAGES = {"longhaul:dev": "localhost/longhaul:dev", "envoyproxy/envoy:v1.40.0": "localhost/envoy:dev"}
+LOCAL_IMAGES = {
+    "longhaul:dev": "localhost/longhaul:dev",
+    "envoyproxy/envoy:v1.40.0": "localhost/envoy:dev",
+    "redis:7.2-bookworm": "localhost/redis:dev",
+}
 _SECRET_ENV = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
 # On the host's network every worker would take the same metrics port: the overlay leaves it off.
 _HOST_PORT_ENV = {"METRICS_LISTEN"}
@@ -135,7 +139,36 @@ def _init_run(init: dict, pod: dict, assets: Path) -> list[str]:
     return ["run", "--rm", "--read-only", user, *mounts, f"--entrypoint={command[0]}", LOCAL_IMAGES[init["image"]], *command[1:]]
 
 
-def _local_container(container: dict, key_file: str) -> None:
+def local_sentinel_redis(sentinels: list[tuple[str, int]], data_dir: Path) -> list[dict]:
+    """optional/redis-sentinel.yaml for one machine: a Pod per node of the StatefulSet (podman has
+    no StatefulSets), on the host's network. Node N's sentinel listens at the Nth address of
+    REDIS_SENTINELS and its Redis 20000 ports below (Redis's own pairing of 26379 and 6379); its
+    volume is `data_dir`/redis-N, which must exist."""
+    statefulset, _, scripts = _documents("optional/redis-sentinel.yaml")
+    pods = []
+    for index, (host, port) in enumerate(sentinels):
+        pod = yaml.safe_load(yaml.safe_dump(statefulset["spec"]["template"]))  # a copy, anchors undone
+        spec = pod["spec"]
+        spec["hostNetwork"] = True
+        spec.pop("affinity")
+        spec["volumes"].append({"name": "data", "hostPath": {"path": str(data_dir / f"redis-{index}"), "type": "Directory"}})
+        node = {
+            "ANNOUNCE_HOST": host,
+            "REDIS_PORT": str(port - 20000),
+            "SENTINEL_PORT": str(port),
+            "SENTINELS": " ".join(f"{h}:{p}" for h, p in sentinels),
+            "FIRST_PRIMARY": f"{sentinels[0][0]}:{sentinels[0][1] - 20000}",
+        }
+        for container in spec["containers"]:
+            _local_container(container)
+            container["env"] = [{"name": name, "value": node.get(name, e.get("value"))}
+                                for e in container["env"] if (name := e["name"]) != "POD_NAME"]
+        pod["metadata"]["name"] = f"longhaul-redis-{index}"
+        pods.append({"apiVersion": "v1", "kind": "Pod", **pod})
+    return [scripts, *pods]
+
+
+def _local_container(container: dict, key_file: str = "") -> None:
     container["image"] = LOCAL_IMAGES[container["image"]]
     # Secrets are in the ConfigMap here.
     container["env"] = [e for e in container.get("env", []) if e["name"] not in _SECRET_ENV | _HOST_PORT_ENV]

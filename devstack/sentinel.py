@@ -77,18 +77,7 @@ class SentinelRedis:
         return proc
 
     def primary_port(self) -> int | None:
-        """The primary's port as a majority of the sentinels report it."""
-        answers: dict[int, int] = {}
-        for port in self.sentinel_ports:
-            try:
-                with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as sentinel:
-                    address = sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
-            except redis.RedisError:
-                continue
-            if address:
-                answers[int(address[1])] = answers.get(int(address[1]), 0) + 1
-        best = max(answers.items(), key=lambda item: item[1], default=None)
-        return best[0] if best and best[1] > len(self.sentinel_ports) // 2 else None
+        return primary_port(self.sentinel_ports)
 
     def wait_until_settled(self, primary: int, timeout_s: float = 30) -> None:
         """Until the sentinels agree on `primary` and it has every other live node as a replica."""
@@ -112,6 +101,21 @@ class SentinelRedis:
     def stop(self) -> None:
         for proc in [*self.sentinels, *self.nodes.values()]:
             proc.stop()
+
+
+def primary_port(sentinel_ports: list[int]) -> int | None:
+    """The primary's port as a majority of the sentinels on these ports of 127.0.0.1 report it."""
+    answers: dict[int, int] = {}
+    for port in sentinel_ports:
+        try:
+            with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as sentinel:
+                address = sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
+        except redis.RedisError:
+            continue
+        if address:
+            answers[int(address[1])] = answers.get(int(address[1]), 0) + 1
+    best = max(answers.items(), key=lambda item: item[1], default=None)
+    return best[0] if best and best[1] > len(sentinel_ports) // 2 else None
 
 
 def replicas_of(port: int) -> int:

@@ -1,11 +1,14 @@
 """The Kubernetes manifests run with `podman kube play` (devstack/deploy.py, `make deploy-up`): real
-containers of the images `make images` builds, Envoy's included. A download end to end through the
-containerized Envoy over every protocol; a worker container killed mid-job; the server container
-restarted under a watcher; non-root on a read-only root filesystem; nothing left after deploy-down."""
+containers of the images `make images` builds, Envoy's and Redis's included, with Redis as
+optional/redis-sentinel.yaml runs it (three nodes with their sentinels). A download end to end through
+the containerized Envoy over every protocol; a worker container killed mid-job; the Redis primary's
+process killed mid-job; the server container restarted under a watcher; non-root on a read-only root
+filesystem; nothing left after deploy-down."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,11 +16,13 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+import redis
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.deploy import PODMAN_ENV
 from devstack.processes import free_port, port_open
+from devstack.sentinel import primary_port
 from devstack.services import ROOT
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul_client import Client
@@ -33,12 +38,15 @@ def podman(*args: str) -> str:
 
 
 class Deployed:
-    def __init__(self, port: int, key: str, ports: list[int], probe_ports: dict[int | str, int]) -> None:
+    def __init__(
+        self, port: int, key: str, ports: list[int], probe_ports: dict[int | str, int], sentinel_ports: list[int]
+    ) -> None:
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.key = key
         self.ports = ports  # every port it listens on
         self.probe_ports = probe_ports  # the manifests' container ports, as the local overlay moved them
+        self.sentinel_ports = sentinel_ports
 
     def client(self) -> Client:
         return Client(self.address, token=self.key)
@@ -55,7 +63,8 @@ def deploy(command: str, env: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     reserved: set[int] = set()
-    envoy, admin, grpc_port, http, redis_port = (free_port(reserved) for _ in range(5))
+    envoy, admin, grpc_port, http = (free_port(reserved) for _ in range(4))
+    sentinels = [free_port(reserved, also_free=(-20000,)) for _ in range(3)]  # each node's Redis 20000 below
     s3 = free_port(reserved, also_free=(10000,))
     data_dir = tmp_path_factory.mktemp("deployment")
     env = os.environ | {
@@ -63,7 +72,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         "ENVOY_ADMIN_PORT": str(admin),
         "GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
         "HTTP_LISTEN": f"127.0.0.1:{http}",
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "REDIS_SENTINELS": ",".join(f"127.0.0.1:{port}" for port in sentinels),
+        "REDIS_WAIT_REPLICAS": "1",
         "S3_ENDPOINT": f"http://127.0.0.1:{s3}",
         "LONGHAUL_DATA_DIR": str(data_dir),
         # Jobs of 3 s; a killed worker's job goes back to the queue within seconds.
@@ -76,7 +86,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     assert "Longhaul is running." in banner and "API key" in banner
     key = (data_dir / "dev-api-key").read_text().strip()
     probe_ports: dict[int | str, int] = {50051: grpc_port, "http": http, "public": envoy}
-    deployed = Deployed(envoy, key, [envoy, admin, grpc_port, http, redis_port, s3], probe_ports)
+    nodes = [port - 20000 for port in sentinels]
+    deployed = Deployed(envoy, key, [envoy, admin, grpc_port, http, s3, *sentinels, *nodes], probe_ports, sentinels)
     try:
         yield deployed
     finally:
@@ -122,6 +133,30 @@ def test_a_job_whose_worker_container_is_killed_completes_on_the_other(deployed:
     podman("start", f"{victim}-worker")
 
 
+def test_a_killed_redis_primary_is_replaced_and_its_node_comes_back_as_a_replica(deployed: Deployed) -> None:
+    old = primary_port(deployed.sentinel_ports)
+    assert old is not None
+    node = f"longhaul-redis-{[port - 20000 for port in deployed.sentinel_ports].index(old)}-redis"
+    with deployed.client() as client:
+        job = client.initiate(SMALL_IDS[:4])  # acknowledged once a replica has it (REDIS_WAIT_REPLICAS)
+        # The process dies, not the container stopped by hand: its restart policy starts it again at
+        # once, and it must not come back as the primary with only what its disk had.
+        os.kill(int(podman("inspect", "--format", "{{.State.Pid}}", node)), signal.SIGKILL)
+        done = client.wait(job.job_id)
+        check_archive(done, SMALL_IDS[:4])
+        new = primary_port(deployed.sentinel_ports)
+        assert new not in (None, old)
+        status, _, created = rest(deployed.port, "POST", "/v1/download/initiate", {"file_ids": SMALL_IDS[4:6]}, token=deployed.key)
+        assert status == 200, created
+        assert client.wait(created["job"]["jobId"]).state == pb.JOB_STATE_COMPLETED
+    deadline = time.monotonic() + 60
+    while (role := redis.Redis(port=old, socket_timeout=1).execute_command("ROLE"))[:3] != [b"slave", b"127.0.0.1", new]:
+        assert time.monotonic() < deadline, role
+        time.sleep(0.2)
+    assert int(podman("inspect", "--format", "{{.RestartCount}}", node)) >= 1
+    assert f"starting as a replica of 127.0.0.1:{new}" in podman("logs", node)
+
+
 def test_a_watch_resumes_across_a_restart_of_the_server_container(deployed: Deployed) -> None:
     with deployed.client() as client:
         job = client.initiate(SMALL_IDS[:6])
@@ -143,6 +178,7 @@ def test_a_watch_resumes_across_a_restart_of_the_server_container(deployed: Depl
         ("longhaul-server-pod-0-server", "10001"),
         ("longhaul-worker-2-pod-0-worker", "10001"),
         ("longhaul-envoy-pod-0-envoy", "101"),
+        ("longhaul-redis-1-sentinel", "999"),
     ],
 )
 def test_the_containers_run_as_non_root_on_a_read_only_root_filesystem(deployed: Deployed, container: str, uid: str) -> None:
@@ -153,11 +189,11 @@ def test_the_containers_run_as_non_root_on_a_read_only_root_filesystem(deployed:
     assert result.returncode != 0 and "Read-only file system" in result.stderr
 
 
-def probes(manifest: str) -> list[tuple[str, dict]]:
-    """(kind of probe, probe) for every probe of the Deployment in deploy/kubernetes/`manifest`."""
-    deployment = next(doc for doc in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / manifest).read_text())
-                      if doc["kind"] == "Deployment")
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+def probes(manifest: str, name: str) -> list[tuple[str, dict]]:
+    """(kind of probe, probe) for every probe of the container `name` in deploy/kubernetes/`manifest`."""
+    workload = next(doc for doc in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / manifest).read_text())
+                    if doc["kind"] in ("Deployment", "StatefulSet"))
+    (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return [(kind, container[kind]) for kind in ("startupProbe", "readinessProbe", "livenessProbe") if kind in container]
 
 
@@ -167,6 +203,8 @@ def probes(manifest: str) -> list[tuple[str, dict]]:
         ("server.yaml", "longhaul-server-pod-0-server"),
         ("worker.yaml", "longhaul-worker-1-pod-0-worker"),
         ("gateway.yaml", "longhaul-envoy-pod-0-envoy"),
+        ("optional/redis-sentinel.yaml", "longhaul-redis-1-redis"),
+        ("optional/redis-sentinel.yaml", "longhaul-redis-1-sentinel"),
     ],
 )
 def test_every_probe_of_the_manifests_passes_against_the_running_containers(
@@ -174,7 +212,7 @@ def test_every_probe_of_the_manifests_passes_against_the_running_containers(
 ) -> None:
     """Podman runs no probes without systemd: each is run here as the kubelet runs it."""
     checked = []
-    for kind, probe in probes(manifest):
+    for kind, probe in probes(manifest, container.rsplit("-", 1)[1]):  # podman names it {pod}-{name}
         if "exec" in probe:
             podman("exec", container, *probe["exec"]["command"])
         elif "grpc" in probe:

@@ -4,6 +4,7 @@ and the worker autoscaler reads the backlog where the server publishes it."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,15 @@ def test_the_compose_file_runs_the_same_parts_with_restarts_health_checks_and_vo
     # Envoy's configuration is the cluster's (servers found by the name longhaul-server).
     (config,) = [v.split(":")[0] for v in services["envoy"]["volumes"] if v.endswith("envoy.yaml:ro")]
     assert (ROOT / "deploy" / config).resolve() == (KUBERNETES / "envoy" / "envoy.yaml")
+
+
+def test_the_sentinel_variant_names_its_nodes_as_the_settings_do() -> None:
+    statefulset, service, _ = documents(KUBERNETES / "optional" / "redis-sentinel.yaml")
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
+    env = {e["name"]: e.get("value") for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}
+    nodes = [f"{statefulset['metadata']['name']}-{i}.{service['metadata']['name']}" for i in range(statefulset["spec"]["replicas"])]
+    assert env["SENTINELS"].split() == [f"{node}:{env['SENTINEL_PORT']}" for node in nodes]
+    assert env["FIRST_PRIMARY"] == f"{nodes[0]}:{env['REDIS_PORT']}"
+    # The lines settings.yaml has, commented out, for this variant.
+    (sentinels,) = re.findall(r"# REDIS_SENTINELS: (\S+)", (KUBERNETES / "settings.yaml").read_text())
+    assert sentinels.split(",") == env["SENTINELS"].split()
