@@ -147,7 +147,8 @@ class Stack:
 
     def _redis(self) -> None:
         if self.settings.redis_sentinels:  # yours (`deploy up` starts its own: devstack/deploy.py)
-            self.notes.append(f"Redis        primary {self.settings.redis_sentinel_master!r} of the sentinels at {self.settings.redis_sentinels}")
+            s = self.settings
+            self.notes.append(f"Redis        primary {s.redis_sentinel_master!r} of the sentinels at {s.redis_sentinels}")
             return
         url = urlparse(self.settings.redis_url)
         client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, decode_responses=True)

@@ -146,7 +146,8 @@ def test_a_killed_redis_primary_is_replaced_and_its_node_comes_back_as_a_replica
         check_archive(done, SMALL_IDS[:4])
         new = primary_port(deployed.sentinel_ports)
         assert new not in (None, old)
-        status, _, created = rest(deployed.port, "POST", "/v1/download/initiate", {"file_ids": SMALL_IDS[4:6]}, token=deployed.key)
+        body = {"file_ids": SMALL_IDS[4:6]}
+        status, _, created = rest(deployed.port, "POST", "/v1/download/initiate", body, token=deployed.key)
         assert status == 200, created
         assert client.wait(created["job"]["jobId"]).state == pb.JOB_STATE_COMPLETED
     deadline = time.monotonic() + 60

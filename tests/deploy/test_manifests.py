@@ -134,7 +134,8 @@ def test_the_sentinel_variant_names_its_nodes_as_the_settings_do() -> None:
     statefulset, service, _ = documents(KUBERNETES / "optional" / "redis-sentinel.yaml")
     assert statefulset["spec"]["serviceName"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
     env = {e["name"]: e.get("value") for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}
-    nodes = [f"{statefulset['metadata']['name']}-{i}.{service['metadata']['name']}" for i in range(statefulset["spec"]["replicas"])]
+    name, domain = statefulset["metadata"]["name"], service["metadata"]["name"]
+    nodes = [f"{name}-{i}.{domain}" for i in range(statefulset["spec"]["replicas"])]
     assert env["SENTINELS"].split() == [f"{node}:{env['SENTINEL_PORT']}" for node in nodes]
     assert env["FIRST_PRIMARY"] == f"{nodes[0]}:{env['REDIS_PORT']}"
     # The lines settings.yaml has, commented out, for this variant.
