@@ -19,7 +19,7 @@ MASTER_NAME = "longhaul"
 class SentinelRedis:
     """`replicas` replicas of one primary, watched by `sentinels` sentinels (a majority must agree)."""
 
-    def __init__(self, data_dir: Path, log_dir: Path, replicas: int = 2, sentinels: int = 3, down_after_ms: int = 1_000) -> None:
+    def __init__(self, data_dir: Path, log_dir: Path, replicas: int = 2, sentinels: int = 3, down_after_ms: int = 1_500) -> None:
         self._data_dir = data_dir
         self._log_dir = log_dir
         self._down_after_ms = down_after_ms
@@ -129,9 +129,15 @@ def replicas_of(port: int) -> int:
 
 
 def wait_for_replicas(primary_port: int, count: int, timeout_s: float = 30) -> None:
-    """Until the primary on `primary_port` has `count` replicas connected."""
+    """Until the primary on `primary_port` has `count` replicas connected and confirming its writes
+    (a replica is listed as soon as its copy is sent, and confirms only after it has loaded it)."""
     deadline = time.monotonic() + timeout_s
     while replicas_of(primary_port) < count:
         if time.monotonic() > deadline:
             raise TimeoutError(f"127.0.0.1:{primary_port} did not get {count} replicas within {timeout_s:.0f} s")
         time.sleep(0.05)
+    with redis.Redis(port=primary_port) as primary:
+        primary.incr("devstack:replication-probe")  # WAIT waits for this connection's writes
+        remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        if primary.execute_command("WAIT", count, remaining_ms) < count:
+            raise TimeoutError(f"the replicas of 127.0.0.1:{primary_port} did not confirm a write within {timeout_s:.0f} s")

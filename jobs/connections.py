@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
@@ -65,7 +66,13 @@ def multiplexed_redis(settings: Settings, setup: Callable[[Address], list[tuple[
     locate = None
     if settings.sentinel_addresses:
         locate = functools.partial(sentinel(settings).discover_master, settings.redis_sentinel_master)
-    return MultiplexedRedis(settings.redis_url, timeout_s=_SOCKET_TIMEOUT_S, setup=setup, locate=locate)
+    return MultiplexedRedis(settings.redis_url, timeout_s=_SOCKET_TIMEOUT_S, setup=setup, locate=locate, pause=pause(settings))
+
+
+def pause(settings: Settings) -> Callable[[float], Awaitable[None]]:
+    """How to wait before trying Redis again: asyncio.sleep, or with Sentinel one that also ends
+    when a failover does (a command is sent again at once, not after the rest of a backoff)."""
+    return sentinel(settings).pause if settings.sentinel_addresses else asyncio.sleep
 
 
 def bullmq_connection(settings: Settings) -> dict[str, Any]:

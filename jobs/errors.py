@@ -57,6 +57,17 @@ class RunSuperseded(JobsError):
         self.reason = reason
 
 
+class ReplicasUnavailable(JobsError):
+    """Too few Redis replicas could confirm a create or cancel now (none connected, as just after a
+    failover, or they did not confirm the last one in time): refused before anything was written."""
+
+    def __init__(self, what: str, connected: int, wanted: int) -> None:
+        super().__init__(
+            f"{what}: fewer than {wanted} Redis replicas can confirm writes now ({connected} connected; a failover "
+            f"may be under way), so nothing was written; retry shortly (with the same request_id for a create)"
+        )
+
+
 class NotReplicated(JobsError):
     """A create or cancel reached Redis's primary, but not enough replicas confirmed it in time: it
     would be lost if the primary failed now. Repeating the call is safe and confirms it."""

@@ -60,6 +60,21 @@ class Sentinels(Sentinel):
         super().__init__(settings.sentinel_addresses, sentinel_kwargs={"socket_timeout": 1, "socket_connect_timeout": 1, **auth})
         self.master = settings.redis_sentinel_master
         self.fenced_until = 0.0  # while a promotion runs: no connection is opened
+        self._settled: asyncio.Event | None = None
+
+    async def pause(self, seconds: float) -> None:
+        """Sleeps `seconds`, or less if a failover ends meanwhile: a command backing off after a
+        failed attempt is sent again as soon as there is a primary to send it to."""
+        if self._settled is None:
+            self._settled = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), seconds)
+
+    def settled(self) -> None:
+        """A new primary was announced (or the failover aborted): wakes every `pause`."""
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
 
     async def discover_master(self, service_name: str) -> tuple[str, int]:
         """The primary most sentinels name now (SENTINEL GET-MASTER-ADDR-BY-NAME, which names the
@@ -128,6 +143,7 @@ class FailoverWatch:
                 self._sentinels.fenced_until = 0.0
                 log.warning("Redis failover: %s:%s replaced %s:%s as primary", words[3], words[4], words[1], words[2])
                 await self._leave()
+                self._sentinels.settled()
             return
         # "<instance type> <name> <ip> <port>[ @ <master name> <master ip> <master port>]"
         master = words[5] if len(words) >= 6 else words[1] if len(words) >= 2 else ""
@@ -139,6 +155,7 @@ class FailoverWatch:
             await self._leave()
         else:
             self._sentinels.fenced_until = 0.0  # aborted: the primary stays
+            self._sentinels.settled()
 
 
 def _text(value: str | bytes) -> str:

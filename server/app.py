@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from jobs import tracing
-from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session, watch_failovers
+from jobs.connections import multiplexed_redis, pause, redis_client, s3_client_kwargs, s3_session, watch_failovers
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -105,7 +105,7 @@ class LonghaulServer:
             store.on_write = self._records.drop
         # Every job event the hub relays also drops the job's cached record.
         self._hub = WatchHub(redis, store.keys, on_event=store.on_write)
-        self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME])
+        self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME], pause(s))
         authenticator = Authenticator(s)
         limiter = RateLimiter(commands, store.keys, s, self._clock)
         queue = JobQueue(s)  # only counted (/queue-depth): the workers' relays enqueue

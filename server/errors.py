@@ -20,7 +20,15 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from redis.exceptions import RedisError
 
 from jobs import tracing
-from jobs.errors import HistoryAhead, IdempotencyConflict, JobAlreadyFinished, JobNotFound, NotReplicated, QuotaExceeded
+from jobs.errors import (
+    HistoryAhead,
+    IdempotencyConflict,
+    JobAlreadyFinished,
+    JobNotFound,
+    NotReplicated,
+    QuotaExceeded,
+    ReplicasUnavailable,
+)
 from server.auth import WWW_AUTHENTICATE, Unauthenticated
 from server.caller import reply_headers
 from server.ratelimit import RateLimited
@@ -51,6 +59,7 @@ _DOMAIN_CODES: dict[type[Exception], grpc.StatusCode] = {
     HistoryAhead: grpc.StatusCode.OUT_OF_RANGE,
     ServerShuttingDown: grpc.StatusCode.UNAVAILABLE,
     NotReplicated: grpc.StatusCode.UNAVAILABLE,
+    ReplicasUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2
@@ -23,7 +24,10 @@ log = logging.getLogger(__name__)
 class HealthMonitor:
     """Keeps the health service's status in step with the dependencies."""
 
-    def __init__(self, settings: Settings, redis: Redis, s3: Any, services: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis, s3: Any, services: list[str],
+        pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.servicer = health.aio.HealthServicer()
         self.checks: dict[str, str] = {}
         self.healthy = False  # can serve calls (Redis answers)
@@ -33,6 +37,7 @@ class HealthMonitor:
         self._s3 = s3
         self._services = ["", *services]
         self._task: asyncio.Task[None] | None = None
+        self._pause = pause  # between checks; with Sentinel it also ends when a failover does
 
     async def start(self) -> None:
         await self.check()
@@ -74,7 +79,7 @@ class HealthMonitor:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self._settings.health_check_interval_s)
+            await self._pause(self._settings.health_check_interval_s)
             try:
                 await self.check()
             except Exception:

@@ -59,7 +59,7 @@ class Run:
     acknowledged: dict[str, list[int]] = field(default_factory=dict)  # job id -> its file ids
     seqs: dict[str, list[int]] = field(default_factory=dict)
     finals: dict[str, pb.Job] = field(default_factory=dict)
-    refused: int = 0  # calls answered UNAVAILABLE (to be repeated), during the failover
+    refusals: list[tuple[float, str]] = field(default_factory=list)  # (s after the failure, why), to be repeated
     first_success_after_failure_s: float | None = None
     failed_at: float = 0.0
     completed_s: float = 0.0  # from the failure to the last job's end
@@ -78,6 +78,7 @@ async def create(stub, gateway: Gateway, run: Run, index: int, file_ids: list[in
                 break
             except grpc.aio.AioRpcError as error:
                 assert error.code() in RETRYABLE, error
+                why = f"{error.code().name}: {error.details()}"
         else:
             body = {"file_ids": file_ids, "request_id": request_id}
             status, _, reply = await asyncio.to_thread(rest, gateway.port, "POST", "/v1/download/initiate", body)
@@ -85,7 +86,8 @@ async def create(stub, gateway: Gateway, run: Run, index: int, file_ids: list[in
                 job_id = reply["job"]["jobId"]
                 break
             assert status in (503, 504), (status, reply)
-        run.refused += 1
+            why = f"HTTP {status}: {reply}"
+        run.refusals.append((time.monotonic() - run.failed_at, why))
         await asyncio.sleep(0.1)
     if run.failed_at and run.first_success_after_failure_s is None:
         run.first_success_after_failure_s = time.monotonic() - run.failed_at
@@ -141,8 +143,10 @@ async def check(gateway: Gateway, run: Run) -> None:
 def report(what: str, run: Run) -> None:
     print(  # the figures the note and BENCHMARKS.md quote (pytest -s shows them)
         f"\n{what}: first acknowledged call {run.first_success_after_failure_s:.2f} s after the failure, "
-        f"last job completed {run.completed_s:.2f} s after it; {run.refused} calls refused (UNAVAILABLE) meanwhile"
+        f"last job completed {run.completed_s:.2f} s after it; {len(run.refusals)} calls refused meanwhile:"
     )
+    for after_s, why in run.refusals:
+        print(f"  {after_s:6.2f} s  {why[:160]}")
 
 
 async def test_a_forced_failover_loses_no_job_and_no_event(gateway, topology: SentinelRedis) -> None:
