@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import durability, idle, notify, observability, polling, queue, transfer, unary
+from bench import durability, finished, idle, notify, observability, polling, queue, transfer, unary
 from bench.env import BenchEnv, bench_env
 from bench.report import Row, table
 
@@ -41,6 +41,7 @@ SMOKE = Sizes(0.5, watched_jobs=20, idle_streams=40, start_samples=5, queue_jobs
 
 BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {
     "unary": lambda env, sizes: unary.run(env, sizes.duration_s, sizes.rounds),
+    "finished": lambda env, sizes: finished.run(env, sizes.duration_s, sizes.rounds),
     "notify": lambda env, sizes: notify.run(env, sizes.watched_jobs, sizes.duration_s),
     "idle": lambda env, sizes: idle.run(env, sizes.idle_streams),
     "queue": lambda env, sizes: queue.run(env, sizes.start_samples, sizes.queue_jobs, sizes.rounds),

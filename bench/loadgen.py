@@ -8,9 +8,14 @@ import asyncio
 import dataclasses
 import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+import aiohttp
 import grpc
+
+L = TypeVar("L", "UnaryLoad", "HttpLoad")
 
 
 @dataclass
@@ -55,9 +60,56 @@ def _run_unary(load: UnaryLoad) -> tuple[int, int, list[float]]:
 
 def unary(load: UnaryLoad, processes: int) -> tuple[float, list[float], int]:
     """Splits `in_flight` over `processes`; returns (calls per second, latencies, errors)."""
+    return _spread(_run_unary, load, processes)
+
+
+@dataclass
+class HttpLoad:
+    url: str
+    in_flight: int
+    duration_s: float
+    headers: tuple[tuple[str, str], ...] = ()
+    warmup_s: float = 0.5
+
+
+def _run_http(load: HttpLoad) -> tuple[int, int, list[float]]:
+    """GETs of `load.url` over keep-alive connections, one per call in flight; a reply other than
+    200 counts as an error."""
+
+    async def main() -> tuple[int, int, list[float]]:
+        connector = aiohttp.TCPConnector(limit=load.in_flight)
+        async with aiohttp.ClientSession(connector=connector, headers=dict(load.headers)) as session:
+            latencies: list[float] = []
+            errors = 0
+            start = time.perf_counter()
+            measure_from = start + load.warmup_s
+            stop_at = measure_from + load.duration_s
+
+            async def caller() -> None:
+                nonlocal errors
+                while (now := time.perf_counter()) < stop_at:
+                    async with session.get(load.url) as reply:
+                        await reply.read()
+                    if reply.status != 200:
+                        errors += 1
+                    elif now >= measure_from:
+                        latencies.append(time.perf_counter() - now)
+
+            await asyncio.gather(*(caller() for _ in range(load.in_flight)))
+            return len(latencies), errors, latencies
+
+    return asyncio.run(main())
+
+
+def http(load: HttpLoad, processes: int) -> tuple[float, list[float], int]:
+    """As `unary`, for HTTP GETs."""
+    return _spread(_run_http, load, processes)
+
+
+def _spread(run: Callable[[L], tuple[int, int, list[float]]], load: L, processes: int) -> tuple[float, list[float], int]:
     share = dataclasses.replace(load, in_flight=max(load.in_flight // processes, 1))
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        results = pool.map(_run_unary, [share] * processes)
+        results = pool.map(run, [share] * processes)
     calls = sum(r[0] for r in results)
     latencies = [latency for r in results for latency in r[2]]
     return calls / load.duration_s, latencies, sum(r[1] for r in results)

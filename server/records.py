@@ -59,7 +59,7 @@ class StoredRecords:
 @dataclass(slots=True)
 class _Entry:
     record: Fields
-    job: pb.Job | None = None  # built from the record at its first GetStatus, while it has no URL to sign
+    job: pb.Job | None = None  # built from the record at its first GetStatus
 
 
 class RecordCache:
@@ -105,15 +105,17 @@ class RecordCache:
         return (await self._entry(job_id, tenant)).record
 
     async def job(self, job_id: str, tenant: str) -> pb.Job:
-        """The record as the contract's Job, built once per version of the record; one with a download
-        URL is built at every read, so the URL is presigned fresh (callers copy the message, as
-        protobuf does when it is put into a reply, and never change it)."""
+        """The record as the contract's Job, built once per version of the record, and again when
+        its download URL has used half its life (callers copy the message, as protobuf does when it
+        is put into a reply, and never change it)."""
         entry = await self._entry(job_id, tenant)
-        if entry.record.get(F.RESULT):
-            return to_job(entry.record, self._presigner)
-        if entry.job is None:
-            entry.job = to_job(entry.record, self._presigner)
-        return entry.job
+        job = entry.job
+        if job is None or (
+            job.HasField("result")
+            and not self._presigner.reusable(job.result.url_expire_time.ToMilliseconds(), int(entry.record.get(F.EXPIRE_MS) or 0))
+        ):
+            entry.job = job = to_job(entry.record, self._presigner)
+        return job
 
     async def _entry(self, job_id: str, tenant: str) -> _Entry:
         key = self._store.keys.job(job_id)

@@ -171,20 +171,54 @@ async def test_without_client_tracking_the_cache_is_off_and_reads_go_to_redis(se
         await redis.aclose()
 
 
-async def test_the_job_message_is_built_once_per_version_and_urls_are_signed_at_each_read(stores) -> None:
-    cache, store, other = stores
-    job_id = (await store.create(TENANT, [70000]))[0][F.ID]
-    queued = await cache.job(job_id, TENANT)
-    assert await cache.job(job_id, TENANT) is queued
-    await other.claim(job_id, "worker-a", "token-a")
-    done = finish_fields(State.COMPLETED, store.settings, "ok") | {F.RESULT: json.dumps(
-        {"key": "tenants/t/x.zip", "file_name": "x.zip", "size_bytes": 1, "sha256": "0" * 64, "files": []}
-    )}
-    await other.report(job_id, "token-a", done, EventType.STATE_CHANGED)
+async def test_the_job_message_is_built_once_per_version_and_again_when_its_url_is_half_used(settings, stores) -> None:
+    _, store, other = stores
+    now = [time.time()]
+    presigner = Presigner(settings, clock=lambda: now[0])
+    cache = RecordCache(store, presigner, settings, capacity=100)
+    await cache.start()
+    try:
+        job_id = (await store.create(TENANT, [70000]))[0][F.ID]
+        queued = await cache.job(job_id, TENANT)
+        assert await cache.job(job_id, TENANT) is queued
+        await other.claim(job_id, "worker-a", "token-a")
+        done = finish_fields(State.COMPLETED, store.settings, "ok") | {F.RESULT: json.dumps(
+            {"key": "tenants/t/x.zip", "file_name": "x.zip", "size_bytes": 1, "sha256": "0" * 64, "files": []}
+        )}
+        await other.report(job_id, "token-a", done, EventType.STATE_CHANGED)
 
-    async def completed() -> bool:
-        return (await cache.job(job_id, TENANT)).state == pb.JOB_STATE_COMPLETED
+        async def completed() -> bool:
+            return (await cache.job(job_id, TENANT)).state == pb.JOB_STATE_COMPLETED
 
-    await eventually(completed, 2.0)
-    first, second = await cache.job(job_id, TENANT), await cache.job(job_id, TENANT)
-    assert first is not second and first.result.download_url.startswith("http")
+        await eventually(completed, 2.0)
+        first = await cache.job(job_id, TENANT)
+        assert first.result.download_url.startswith("http")
+        signed_at = int(now[0] * 1000)
+        assert first.result.url_expire_time.ToMilliseconds() == signed_at + settings.presign_ttl_s * 1000
+        now[0] += settings.presign_ttl_s / 2 - 1  # more than half its life left: the same message
+        assert await cache.job(job_id, TENANT) is first
+        now[0] += 2  # less than half: signed again, valid a whole PRESIGN_TTL_S from now
+        again = await cache.job(job_id, TENANT)
+        assert again is not first
+        assert again.result.url_expire_time.ToMilliseconds() == int(now[0] * 1000) + settings.presign_ttl_s * 1000
+    finally:
+        await cache.close()
+
+
+def test_a_url_is_signed_again_once_half_its_life_is_gone_and_never_outlives_the_job(settings) -> None:
+    now = [1_800_000_000.0]
+    presigner = Presigner(settings, clock=lambda: now[0])
+    ttl_ms = settings.presign_ttl_s * 1000
+    url, expires = presigner.url("tenants/t/a.zip", "a.zip")
+    assert expires == 1_800_000_000_000 + ttl_ms
+    now[0] += ttl_ms / 2000 - 1
+    assert presigner.url("tenants/t/a.zip", "a.zip") == (url, expires)
+    assert presigner.url("tenants/t/b.zip", "b.zip")[0] != url, "each artifact has its own"
+    now[0] += 2
+    assert presigner.url("tenants/t/a.zip", "a.zip")[1] == int(now[0] * 1000) + ttl_ms
+    # A job expiring in 100 s gets a URL that ends with it, reused to the end: a new one would not last longer.
+    job_expires = int(now[0] * 1000) + 100_000
+    url, expires = presigner.url("tenants/t/c.zip", "c.zip", job_expires)
+    assert expires == job_expires
+    now[0] += 90
+    assert presigner.url("tenants/t/c.zip", "c.zip", job_expires) == (url, expires)
