@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import durability, finished, idle, notify, observability, polling, queue, transfer, unary
+from bench import durability, finished, idle, memory, notify, observability, polling, queue, transfer, unary
 from bench.env import BenchEnv, bench_env
 from bench.report import Row, table
 
@@ -28,6 +28,8 @@ class Sizes:
     idle_streams: int
     start_samples: int
     queue_jobs: int
+    memory_jobs: int
+    memory_finished_jobs: int
     small_mb: int
     large_mb: int
     # Rates that are compared with a baseline are measured this many times, taking turns with it.
@@ -35,9 +37,13 @@ class Sizes:
 
 
 FULL = Sizes(
-    5.0, watched_jobs=1_000, idle_streams=10_000, start_samples=100, queue_jobs=3_000, small_mb=10, large_mb=1_000, rounds=3
+    5.0, watched_jobs=1_000, idle_streams=10_000, start_samples=100, queue_jobs=3_000, memory_jobs=100_000,
+    memory_finished_jobs=5_000, small_mb=10, large_mb=1_000, rounds=3,
 )
-SMOKE = Sizes(0.5, watched_jobs=20, idle_streams=40, start_samples=5, queue_jobs=50, small_mb=1, large_mb=20, rounds=1)
+SMOKE = Sizes(
+    0.5, watched_jobs=20, idle_streams=40, start_samples=5, queue_jobs=50, memory_jobs=200, memory_finished_jobs=50,
+    small_mb=1, large_mb=20, rounds=1,
+)
 
 BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {
     "unary": lambda env, sizes: unary.run(env, sizes.duration_s, sizes.rounds),
@@ -47,6 +53,7 @@ BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {
     "queue": lambda env, sizes: queue.run(env, sizes.start_samples, sizes.queue_jobs, sizes.rounds),
     "transfer": lambda env, sizes: transfer.run(env, sizes.small_mb, sizes.large_mb, sizes.rounds),
     "polling": lambda env, sizes: polling.run(),
+    "memory": lambda env, sizes: memory.run(env, sizes.memory_jobs, sizes.memory_finished_jobs),
     "observability": lambda env, sizes: observability.run(env, sizes.duration_s, sizes.rounds),
     "durability": lambda env, sizes: durability.run(env, sizes.duration_s, sizes.rounds),
 }

@@ -1,0 +1,103 @@
+"""Redis memory per job, every key included, and what each kind of key costs.
+
+`jobs` jobs are created (each with a request id, so its idempotency key is counted) and handed to the
+queue as a worker's relay does; the growth of Redis's `used_memory` divided by `jobs` is the cost of
+a queued job. Then, in an emptied Redis, `finished_jobs` jobs are run to COMPLETED by a worker, and
+the growth is the cost of a finished job (kept until JOB_TTL_S). The breakdown samples keys of each kind with `MEMORY
+USAGE`; what it does not account for is the jobs' entries in shared sorted sets and lists (the
+tenant's index, the live set, bullmq's priority set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+from redis.asyncio import Redis
+
+from bench.env import TENANT, BenchEnv
+from bench.report import Row
+from devstack.seed import seed_sources
+from jobs.connections import redis_client, s3_client_kwargs, s3_session
+from jobs.keys import FRESH_SEPARATOR
+from jobs.model import Priority
+from jobs.queue import JobQueue
+from jobs.store import JobStore
+
+TARGET_BYTES = 2048
+_SAMPLE = 200
+
+
+def run(env: BenchEnv, jobs: int, finished_jobs: int) -> list[Row]:
+    queued, queued_keys, finished, finished_keys = asyncio.run(_measure(env, jobs, finished_jobs))
+    return [
+        Row(f"Redis memory per queued job, {jobs:,} jobs", f"{queued:,.0f} B", _breakdown(queued_keys), "", "<= 2 KB",
+            queued <= TARGET_BYTES),
+        Row(f"Redis memory per finished job, {finished_jobs:,} jobs", f"{finished:,.0f} B", _breakdown(finished_keys), "",
+            "<= 2 KB", finished <= TARGET_BYTES),
+    ]
+
+
+async def _measure(env: BenchEnv, jobs: int, finished_jobs: int) -> tuple[float, dict[str, float], float, dict[str, float]]:
+    async with s3_session().client("s3", **s3_client_kwargs(env.settings)) as s3:
+        await seed_sources(s3, env.settings, [70_000])
+    async with redis_client(env.settings) as redis:
+        store, queue = JobStore(redis, env.settings), JobQueue(env.settings)
+        empty = await _used(redis)
+        await _create(redis, store, queue, jobs)
+        queued = (await _used(redis) - empty) / jobs
+        queued_keys = await _key_sizes(redis, jobs)
+        # Finished jobs: fewer (each is a real run, archive and upload included), from an empty Redis.
+        await redis.flushdb()
+        empty = await _used(redis)
+        await _create(redis, store, queue, finished_jobs)
+        worker = env.start_worker("memory", worker_concurrency=32)
+        deadline = time.monotonic() + max(120, finished_jobs / 20)
+        while sum((await queue.counts()).values()) > 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the memory benchmark's jobs did not finish in time")
+            await asyncio.sleep(0.5)
+        env.stop(worker)
+        await queue.close()
+        finished = (await _used(redis) - empty) / finished_jobs
+        finished_keys = await _key_sizes(redis, finished_jobs)
+    return queued, queued_keys, finished, finished_keys
+
+
+async def _create(redis: Redis, store: JobStore, queue: JobQueue, jobs: int) -> None:
+    """`jobs` jobs created as InitiateDownload creates them, and handed to the queue as a worker's
+    relay hands them."""
+    for start in range(0, jobs, 500):
+        batch = range(start, min(start + 500, jobs))
+        await asyncio.gather(*(store.create(TENANT, [70_000], request_id=f"memory-{i}") for i in batch))
+        taken = await redis.lpop(store.keys.fresh, len(batch)) or []
+        await queue.enqueue_many([(entry.partition(FRESH_SEPARATOR)[0], Priority.NORMAL) for entry in taken])
+
+
+async def _used(redis: Redis) -> int:
+    await redis.memory_purge()
+    return int((await redis.info("memory"))["used_memory"])
+
+
+async def _key_sizes(redis: Redis, jobs: int) -> dict[str, float]:
+    """Bytes per job for each kind of key: the average of a sample, times how many there are per job."""
+    sizes: dict[str, list[int]] = collections.defaultdict(list)
+    counts: collections.Counter[str] = collections.Counter()
+    async for key in redis.scan_iter(count=1000):
+        kind = _kind(key)
+        counts[kind] += 1
+        if len(sizes[kind]) < _SAMPLE:
+            sizes[kind].append(await redis.memory_usage(key, samples=0) or 0)
+    return {kind: sum(values) / len(values) * counts[kind] / jobs for kind, values in sizes.items()}
+
+
+def _kind(key: str) -> str:
+    """A key's kind: its name with the ids taken out."""
+    parts = key.split(":")
+    return ":".join("*" if len(part) >= 32 or part.isdigit() or part.startswith("memory-") else part for part in parts)
+
+
+def _breakdown(per_kind: dict[str, float]) -> str:
+    shown = sorted(((size, kind) for kind, size in per_kind.items() if size >= 1), reverse=True)
+    return "; ".join(f"{kind} {size:,.0f} B" for size, kind in shown)
