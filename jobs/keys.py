@@ -1,7 +1,7 @@
 """The Redis layout: every key and channel Longhaul uses is built here and nowhere else.
 
     {p}:job:{id}          hash    the job record (fields: jobs.model.F)
-    {p}:job:{id}:events   stream  the job's event history; entry id "{seq}-0", field "e" = JSON
+    {p}:job:{id}:events   list    the job's event history, oldest first: each event's JSON, seqs consecutive
     {p}:job:{id}:gone     string  tombstone kept after the record expires (value: the tenant), so the
                                   job reads EXPIRED to its owner
     {p}:t:{t}:jobs        zset    the tenant's jobs for listing, members "{created_ms:013d}:{id}" by lex
@@ -33,11 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # After a tenant's prefix (Keys.tenant).
+# A tenant's keys begin "{prefix}:t:{slug}"; the slug never holds a ":" (jobs/tenants.py).
+TENANT_INFIX = ":t:"
 INDEX_SUFFIX = ":jobs"
 ACTIVE_SUFFIX = ":active"
 IDEMPOTENCY_SUFFIX = ":idem:"
-# The one field of an entry of a job's event stream: the event as JSON.
-EVENT_ENTRY_FIELD = "e"
 # A tenant index member, "{created_ms:013d}:{id}": the same format in Python (%) and Lua (string.format).
 INDEX_MEMBER_FORMAT = "%013d:%s"
 # "{id} {priority}" in the fresh list, "{id} {fingerprint}" in an idempotency key, "{id}\n{json}" on the events channel.
@@ -61,7 +61,7 @@ class Keys:
 
     def tenant(self, slug: str) -> str:
         """The prefix of one tenant's keys."""
-        return f"{self.prefix}:t:{slug}"
+        return f"{self.prefix}{TENANT_INFIX}{slug}"
 
     def index(self, slug: str) -> str:
         return self.tenant(slug) + INDEX_SUFFIX

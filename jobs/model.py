@@ -93,7 +93,6 @@ class F:
     REQUEST_ID = "request_id"
     TENANT = "tenant"  # who created the job and alone may see it
     TENANT_KEY = "tenant_key"  # prefix of the tenant's Redis keys (jobs.keys.Keys.tenant)
-    ARTIFACT_KEY = "artifact_key"  # the S3 object the job's archive goes to
     RESULT = "result"  # JSON, see worker.pipeline.ArchiveResult.to_json
     ERROR = "error"  # JSON {"code", "message", "retryable"}
     SEQ = "seq"

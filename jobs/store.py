@@ -26,7 +26,7 @@ from jobs.errors import (
     QuotaExceeded,
     RunSuperseded,
 )
-from jobs.keys import EVENT_ENTRY_FIELD, Keys, index_member
+from jobs.keys import Keys, index_member
 from jobs.model import PRIVATE_FIELDS, TERMINAL_STATES, ErrorCode, EventType, F, Phase, Priority, State
 from jobs.multiplex import MultiplexedRedis
 from jobs.replication import Replication
@@ -36,6 +36,9 @@ from jobs.storage import artifact_key
 from jobs.tenants import tenant_slug
 
 Fields = dict[str, str]
+# Extra history entries read to fill a gap, for events written between reading the latest seq and
+# the history itself.
+_HISTORY_SLACK = 32
 
 
 def _without(names: Iterable[str], record: Fields) -> Fields:
@@ -100,7 +103,6 @@ class JobStore:
             F.REQUEST_ID: request_id,
             F.TENANT: tenant,
             F.TENANT_KEY: self.keys.tenant(slug),
-            F.ARTIFACT_KEY: artifact_key(self.settings.redis_prefix, slug, job_id),
             F.SEQ: "1",
         }
         if tracing.enabled() and (traceparent := tracing.current_traceparent()):
@@ -164,6 +166,10 @@ class JobStore:
         """Jobs created and not yet taken by a relay into the queue."""
         return int(await self.redis.llen(self.keys.fresh))
 
+    def artifact_key(self, record: Fields) -> str:
+        """Where the job's archive goes in the bucket (Lua computes the same: jobs/scripts.py)."""
+        return artifact_key(self.settings.redis_prefix, tenant_slug(record[F.TENANT]), record[F.ID])
+
     async def latest_seq(self, job_id: str) -> int:
         return int(await self._commands.hget(self.keys.job(job_id), F.SEQ) or 0)
 
@@ -174,8 +180,9 @@ class JobStore:
             raise HistoryAhead(after_seq, latest)
         if after_seq >= latest:
             return []
-        entries = await self.redis.xrange(self.keys.events(job_id), min=f"({after_seq}-0")
-        events = [json.loads(cast(Fields, data)[EVENT_ENTRY_FIELD]) for _, data in entries or ()]
+        # The history holds consecutive seqs up to `latest`, or a few more if events came meanwhile.
+        entries = await self.redis.lrange(self.keys.events(job_id), -(latest - after_seq + _HISTORY_SLACK), -1)
+        events = [event for entry in entries if int((event := json.loads(entry))[F.SEQ]) > after_seq]
         if not events or int(events[0][F.SEQ]) != after_seq + 1:
             return None
         return events

@@ -176,7 +176,7 @@ class WorkerRunner:
             await self._finish(job_id, run_token, State.FAILED, message, {"code": ErrorCode.TOO_MANY_ATTEMPTS, "retryable": True})
             return
         file_ids = json.loads(record[F.FILE_IDS])
-        run = self._run(job_id, run_token, attempt, record[F.ARTIFACT_KEY], file_ids, record[F.TRACEPARENT])
+        run = self._run(job_id, run_token, attempt, self._store.artifact_key(record), file_ids, record[F.TRACEPARENT])
         task = asyncio.create_task(run)
         self._running[job_id] = task
         try:

@@ -50,7 +50,7 @@ for name, value in pairs(record) do
   if not PRIVATE[name] then event[name] = value end
 end
 redis.call("HSET", KEYS[1], unpack(fields))
-redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[4], "1-0", EVENT_ENTRY_FIELD, cjson.encode(event))
+redis.call("RPUSH", KEYS[2], cjson.encode(event))
 redis.call("ZADD", KEYS[3], 0, ARGV[5])
 -- Forget index entries older than any job can still be remembered.
 redis.call("ZREMRANGEBYLEX", KEYS[3], "-", "(" .. ARGV[6])

@@ -8,8 +8,8 @@
 -- because its reply was lost (a client repeats a command when the connection drops) finds its call
 -- key and answers 1 again.
 if redis.call("EXISTS", KEYS[6]) == 1 then return 1 end
-local job = redis.call("HMGET", KEYS[1], F.CREATED_MS, F.TENANT, F.TENANT_KEY, F.REQUEST_ID, F.ARTIFACT_KEY)
-local created, tenant, tenant_key, request_id, artifact = job[1], job[2], job[3], job[4], job[5]
+local job = redis.call("HMGET", KEYS[1], F.CREATED_MS, F.TENANT, F.TENANT_KEY, F.REQUEST_ID)
+local created, tenant, tenant_key, request_id = job[1], job[2], job[3], job[4]
 if not created then
   -- Only a tombstone may be left: forget it too, if it is the caller's.
   local owner = redis.call("GET", KEYS[3])
@@ -26,6 +26,6 @@ if request_id and request_id ~= "" then
   local idem = redis.call("GET", idem_key)
   if idem and string.sub(idem, 1, #ARGV[1] + 1) == ARGV[1] .. IDEMPOTENCY_SEPARATOR then redis.call("DEL", idem_key) end
 end
-redis.call("ZADD", KEYS[5], ARGV[2], artifact)
+redis.call("ZADD", KEYS[5], ARGV[2], artifact_key(tenant_key, ARGV[1]))
 redis.call("SET", KEYS[6], 1, "EX", 120)
 return 1

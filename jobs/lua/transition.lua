@@ -29,9 +29,8 @@ end
 if current[3] == call then
   -- This call ran already: a client sends a command again when the connection drops before the
   -- reply, though it may have run. It answers as it did, from the event it wrote, and changes nothing.
-  local seq = tonumber(current[4])
-  local written = redis.call("XRANGE", KEYS[2], seq .. "-0", seq .. "-0")
-  return answer(seq, written[1] and written[1][2][2] or "")  -- the entry's one field
+  -- That event is the history's last.
+  return answer(tonumber(current[4]), redis.call("LINDEX", KEYS[2], -1) or "")
 end
 if TERMINAL[state] then return {"finished", state} end
 if expect_token ~= "" and redis.call("HGET", KEYS[1], F.TOKEN) ~= expect_token then
@@ -62,14 +61,15 @@ for i = 1, #all, 2 do
   if not PRIVATE[k] then event[k] = all[i + 1] end
 end
 local payload = cjson.encode(event)
-redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[2], seq .. "-0", EVENT_ENTRY_FIELD, payload)
+redis.call("RPUSH", KEYS[2], payload)
+redis.call("LTRIM", KEYS[2], -tonumber(ARGV[2]), -1)
 redis.call("PUBLISH", ARGV[3], ARGV[9] .. CHANNEL_SEPARATOR .. payload)
 if new_state and TERMINAL[new_state] then
   redis.call("EXPIRE", KEYS[1], ARGV[7])
   redis.call("EXPIRE", KEYS[2], ARGV[7])
-  local owner = redis.call("HMGET", KEYS[1], F.TENANT, F.TENANT_KEY, F.ARTIFACT_KEY)
+  local owner = redis.call("HMGET", KEYS[1], F.TENANT, F.TENANT_KEY)
   redis.call("SET", KEYS[3], owner[1], "EX", ARGV[8])
-  redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, owner[3])
+  redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, artifact_key(owner[2], ARGV[9]))
   redis.call("SREM", owner[2] .. ACTIVE_SUFFIX, ARGV[9])
   redis.call("ZREM", KEYS[5], ARGV[9])
 end

@@ -4,6 +4,7 @@ and the caller gets the answer of the write that ran. Through a lossy proxy in f
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -43,7 +44,7 @@ async def store(settings, proxy, request) -> AsyncIterator[JobStore]:
 
 
 async def history(store: JobStore, job_id: str) -> list[int]:
-    return [int(entry_id.split("-")[0]) for entry_id, _ in await store.redis.xrange(store.keys.events(job_id))]
+    return [int(json.loads(entry)[F.SEQ]) for entry in await store.redis.lrange(store.keys.events(job_id), 0, -1)]
 
 
 @pytest.fixture(params=["whole", "half"])

@@ -61,7 +61,7 @@ async def test_only_artifacts_no_job_owns_are_deleted(parts) -> None:
     lost_record = artifact_key(s.redis_prefix, "t", str(uuid.uuid4()))
     not_ours = f"{s.redis_prefix}/tenants/t/notes.txt"
     other_deployment = artifact_key(f"{s.redis_prefix}-other", "t", str(uuid.uuid4()))
-    keys = [live[F.ARTIFACT_KEY], forgotten[F.ARTIFACT_KEY], lost_record, not_ours, other_deployment]
+    keys = [store.artifact_key(live), store.artifact_key(forgotten), lost_record, not_ours, other_deployment]
     for key in keys:
         await s3.put_object(Bucket=s.artifact_bucket, Key=key, Body=b"zip")
 
