@@ -56,6 +56,9 @@ class Settings:
     expired_retention_s: int = 604_800
     # Events kept per job for resuming a watch; a longer gap gets a fresh snapshot.
     event_history_len: int = 1_000
+    # How long a finished job keeps its history (at most JOB_TTL_S): a watch resumed later gets the
+    # final state as a snapshot. A finished job is then its record alone.
+    event_history_ttl_s: int = 600
 
     # Server.
     grpc_listen: str = "127.0.0.1:50051"
@@ -186,8 +189,8 @@ class Settings:
             raise ConfigError("UPLOAD_PART_SIZE must be at least 5 MiB (the S3 minimum part size)")
         if self.max_attempts < 1:
             raise ConfigError("JOB_MAX_ATTEMPTS must be at least 1")
-        if self.heartbeat_s <= 0 or self.presign_ttl_s <= 0 or self.job_ttl_s <= 0:
-            raise ConfigError("HEARTBEAT_INTERVAL_S, PRESIGN_TTL_S and JOB_TTL_S must be positive")
+        if self.heartbeat_s <= 0 or self.presign_ttl_s <= 0 or self.job_ttl_s <= 0 or self.event_history_ttl_s <= 0:
+            raise ConfigError("HEARTBEAT_INTERVAL_S, PRESIGN_TTL_S, JOB_TTL_S and EVENT_HISTORY_TTL_S must be positive")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("set both TLS_CERT_FILE and TLS_KEY_FILE, or neither")
         if (self.jwt_hs256_secret or self.jwt_jwks_file) and not (self.jwt_issuer and self.jwt_audience):
@@ -230,6 +233,7 @@ ENV_VARS: dict[str, str] = {
     "S3_ARTIFACT_BUCKET": "artifact_bucket",
     "PRESIGN_TTL_S": "presign_ttl_s",
     "JOB_TTL_S": "job_ttl_s",
+    "EVENT_HISTORY_TTL_S": "event_history_ttl_s",
     "EXPIRED_RETENTION_S": "expired_retention_s",
     "EVENT_HISTORY_LEN": "event_history_len",
     "GRPC_LISTEN": "grpc_listen",

@@ -316,6 +316,7 @@ class JobStore:
             job_id,
             expect_tenant,
             call or self.new_call(),
+            min(s.job_ttl_s, s.event_history_ttl_s),
         ]
         for name, value in fields.items():
             args += [name, value]

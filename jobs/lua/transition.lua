@@ -7,7 +7,7 @@
 -- and the live jobs the reconciler checks.
 -- KEYS: job, events, tombstone, sweep, live jobs
 -- ARGV: now_ms, history_len, channel, event_type, expect_token ("" = any), claim_token ("" = none),
---       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), call, field, value, ...
+--       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), call, history_ttl_s, field, value, ...
 -- Returns {"ok", seq, payload[, file_ids on a claim]} | {"missing"} | {"finished", state} | {"fenced"}
 -- Another tenant's job is "missing": callers cannot tell it from one that does not exist.
 local current = redis.call("HMGET", KEYS[1], F.STATE, F.TENANT, F.CALL, F.SEQ)
@@ -39,7 +39,7 @@ end
 
 local fields = {F.UPDATED_MS, ARGV[1], F.CALL, call}
 local new_state = nil
-for i = 12, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if ARGV[i] == F.STATE then new_state = ARGV[i + 1] end
@@ -66,7 +66,8 @@ redis.call("LTRIM", KEYS[2], -tonumber(ARGV[2]), -1)
 redis.call("PUBLISH", ARGV[3], ARGV[9] .. CHANNEL_SEPARATOR .. payload)
 if new_state and TERMINAL[new_state] then
   redis.call("EXPIRE", KEYS[1], ARGV[7])
-  redis.call("EXPIRE", KEYS[2], ARGV[7])
+  -- The history goes sooner: a watch resumed after it gets the final state as a snapshot.
+  redis.call("EXPIRE", KEYS[2], ARGV[12])
   local owner = redis.call("HMGET", KEYS[1], F.TENANT, F.TENANT_KEY)
   redis.call("SET", KEYS[3], owner[1], "EX", ARGV[8])
   redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, artifact_key(owner[2], ARGV[9]))

@@ -86,7 +86,7 @@ async def test_finished_records_and_histories_get_a_ttl(store) -> None:
     await store.cancel(job_id, TENANT)
     ttl = store.settings.job_ttl_s
     assert 0 < await redis.ttl(store.keys.job(job_id)) <= ttl
-    assert 0 < await redis.ttl(store.keys.events(job_id)) <= ttl
+    assert 0 < await redis.ttl(store.keys.events(job_id)) <= store.settings.event_history_ttl_s < ttl
     assert await redis.ttl(store.keys.tombstone(job_id)) > ttl
     # ...and its artifact (if any) is scheduled for deletion when the record expires.
     deleted_at = await redis.zscore(store.keys.sweep, artifact_key(store.settings.redis_prefix, tenant_slug(TENANT), job_id))
