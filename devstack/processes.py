@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -108,19 +109,40 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def free_port(reserved: set[int] | None = None, also_free: Sequence[int] = ()) -> int:
     """A port free on 127.0.0.1 now, optionally with `port + offset` free too for each offset.
 
-    SeaweedFS listens on every HTTP port + 10000 for gRPC, hence `also_free`.
+    SeaweedFS listens on every HTTP port + 10000 for gRPC, hence `also_free`. Chosen below the
+    kernel's ephemeral range, from which outgoing connections take their local ports: a port from
+    that range, free when chosen, can be taken by any connection before its process binds it (seen:
+    a worker's metrics port, taken by one of the stack's own Redis connections).
     """
     reserved = reserved if reserved is not None else set()
-    for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+    lowest = max(10_000, 1024 - min((0, *also_free)))
+    for _ in range(500):
+        port = random.randrange(lowest, _EPHEMERAL_LOW)
         candidates = [port, *(port + offset for offset in also_free)]
-        if any(p in reserved or p > 65535 or port_open(p) for p in candidates):
+        if any(p in reserved or p > 65535 or not _bindable(p) for p in candidates):
             continue
         reserved.update(candidates)
         return port
     raise RuntimeError("no free port found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
 
 
 def port_holder(port: int) -> str:
