@@ -15,7 +15,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.processes import ManagedProcess, free_port, port_open
+from devstack.seed import seed_sources
 from devstack.services import envoy_config, python_process, start_envoy, start_redis, start_seaweedfs
+from jobs.connections import s3_client_kwargs, s3_session
 from jobs.settings import Settings
 from server.apikeys import entry_line, new_key
 
@@ -57,6 +59,11 @@ class BenchEnv:
         self.processes.append(proc)
         wait_serving(f"127.0.0.1:{port}")
         return f"127.0.0.1:{port}"
+
+    async def seed(self, file_ids: list[int]) -> None:
+        """The source files of `file_ids` in the stack's S3, for jobs that really run."""
+        async with s3_session().client("s3", **s3_client_kwargs(self.settings)) as s3:
+            await seed_sources(s3, self.settings, file_ids)
 
     def start_worker(self, name: str = "worker", module: str = "worker", **changes: object) -> ManagedProcess:
         env = self.settings.replace(worker_name=name, **changes).to_env()

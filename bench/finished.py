@@ -12,8 +12,6 @@ import grpc
 from bench.env import BenchEnv
 from bench.loadgen import HttpLoad, UnaryLoad, http, unary
 from bench.report import Row, median
-from devstack.seed import seed_sources
-from jobs.connections import s3_client_kwargs, s3_session
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 
@@ -25,7 +23,7 @@ LOAD_PROCESSES = 2
 def run(env: BenchEnv, duration_s: float, rounds: int) -> list[Row]:
     _, address = env.start_server()
     envoy = env.start_envoy(address)
-    asyncio.run(_seed(env))
+    asyncio.run(env.seed([70_000]))
     worker = env.start_worker("finished")
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.DownloadServiceStub(channel)
@@ -64,11 +62,6 @@ def run(env: BenchEnv, duration_s: float, rounds: int) -> list[Row]:
             )
         )
     return rows
-
-
-async def _seed(env: BenchEnv) -> None:
-    async with s3_session().client("s3", **s3_client_kwargs(env.settings)) as s3:
-        await seed_sources(s3, env.settings, [70_000])
 
 
 def _checked(rate: float, errors: int) -> float:

@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -35,27 +35,37 @@ def _run_unary(load: UnaryLoad) -> tuple[int, int, list[float]]:
     async def main() -> tuple[int, int, list[float]]:
         async with grpc.aio.insecure_channel(load.target) as channel:
             call = channel.unary_unary(load.method, request_serializer=None, response_deserializer=None)
-            latencies: list[float] = []
-            errors = 0
-            start = time.perf_counter()
-            measure_from = start + load.warmup_s
-            stop_at = measure_from + load.duration_s
 
-            async def caller() -> None:
-                nonlocal errors
-                while (now := time.perf_counter()) < stop_at:
-                    try:
-                        await call(load.request, timeout=10, metadata=load.metadata)
-                    except grpc.aio.AioRpcError:
-                        errors += 1
-                        continue
-                    if now >= measure_from:
-                        latencies.append(time.perf_counter() - now)
+            async def one() -> bool:
+                try:
+                    await call(load.request, timeout=10, metadata=load.metadata)
+                except grpc.aio.AioRpcError:
+                    return False
+                return True
 
-            await asyncio.gather(*(caller() for _ in range(load.in_flight)))
-            return len(latencies), errors, latencies
+            return await _drive(one, load)
 
     return asyncio.run(main())
+
+
+async def _drive(one: Callable[[], Awaitable[bool]], load: UnaryLoad | HttpLoad) -> tuple[int, int, list[float]]:
+    """`one()` again and again from `load.in_flight` callers, for the warm-up and then the measured
+    window: (calls that succeeded in the window, failed calls, the window's latencies in seconds)."""
+    latencies: list[float] = []
+    errors = 0
+    measure_from = time.perf_counter() + load.warmup_s
+    stop_at = measure_from + load.duration_s
+
+    async def caller() -> None:
+        nonlocal errors
+        while (now := time.perf_counter()) < stop_at:
+            if not await one():
+                errors += 1
+            elif now >= measure_from:
+                latencies.append(time.perf_counter() - now)
+
+    await asyncio.gather(*(caller() for _ in range(load.in_flight)))
+    return len(latencies), errors, latencies
 
 
 def unary(load: UnaryLoad, processes: int) -> tuple[float, list[float], int]:
@@ -79,24 +89,13 @@ def _run_http(load: HttpLoad) -> tuple[int, int, list[float]]:
     async def main() -> tuple[int, int, list[float]]:
         connector = aiohttp.TCPConnector(limit=load.in_flight)
         async with aiohttp.ClientSession(connector=connector, headers=dict(load.headers)) as session:
-            latencies: list[float] = []
-            errors = 0
-            start = time.perf_counter()
-            measure_from = start + load.warmup_s
-            stop_at = measure_from + load.duration_s
 
-            async def caller() -> None:
-                nonlocal errors
-                while (now := time.perf_counter()) < stop_at:
-                    async with session.get(load.url) as reply:
-                        await reply.read()
-                    if reply.status != 200:
-                        errors += 1
-                    elif now >= measure_from:
-                        latencies.append(time.perf_counter() - now)
+            async def one() -> bool:
+                async with session.get(load.url) as reply:
+                    await reply.read()
+                return reply.status == 200
 
-            await asyncio.gather(*(caller() for _ in range(load.in_flight)))
-            return len(latencies), errors, latencies
+            return await _drive(one, load)
 
     return asyncio.run(main())
 

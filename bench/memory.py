@@ -19,12 +19,10 @@ from redis.asyncio import Redis
 
 from bench.env import TENANT, BenchEnv
 from bench.report import Row
-from devstack.seed import seed_sources
-from jobs.connections import redis_client, s3_client_kwargs, s3_session
-from jobs.keys import FRESH_SEPARATOR
-from jobs.model import Priority
+from jobs.connections import redis_client
 from jobs.queue import JobQueue
 from jobs.store import JobStore
+from worker.relay import Relay
 
 TARGET_BYTES = 2048
 _SAMPLE = 200
@@ -46,8 +44,7 @@ def run(env: BenchEnv, jobs: int, finished_jobs: int) -> list[Row]:
 async def _measure(env: BenchEnv, jobs: int, finished_jobs: int) -> dict[str, tuple[float, dict[str, float]]]:
     """(bytes per job, bytes per job by kind of key) for queued jobs, finished ones, and finished ones
     whose history has expired."""
-    async with s3_session().client("s3", **s3_client_kwargs(env.settings)) as s3:
-        await seed_sources(s3, env.settings, [70_000])
+    await env.seed([70_000])
     measured = {}
     async with redis_client(env.settings) as redis:
         store, queue = JobStore(redis, env.settings), JobQueue(env.settings)
@@ -78,13 +75,11 @@ async def _measure(env: BenchEnv, jobs: int, finished_jobs: int) -> dict[str, tu
 
 
 async def _create(redis: Redis, store: JobStore, queue: JobQueue, jobs: int) -> None:
-    """`jobs` jobs created as InitiateDownload creates them, and handed to the queue as a worker's
-    relay hands them."""
+    """`jobs` jobs created as InitiateDownload creates them, and handed to the queue by a relay."""
     for start in range(0, jobs, 500):
         batch = range(start, min(start + 500, jobs))
         await asyncio.gather(*(store.create(TENANT, [70_000], request_id=f"memory-{i}") for i in batch))
-        taken = await redis.lpop(store.keys.fresh, len(batch)) or []
-        await queue.enqueue_many([(entry.partition(FRESH_SEPARATOR)[0], Priority.NORMAL) for entry in taken])
+        await Relay(redis, store.keys, queue).relay_waiting()
 
 
 async def _used(redis: Redis) -> int:

@@ -11,8 +11,7 @@ import time
 
 from bench.env import TENANT, BenchEnv
 from bench.report import Row, median, percentile
-from devstack.seed import seed_sources
-from jobs.connections import redis_client, s3_client_kwargs, s3_session
+from jobs.connections import redis_client
 from jobs.keys import CHANNEL_SEPARATOR
 from jobs.model import F
 from jobs.queue import JobQueue
@@ -54,8 +53,7 @@ class EventTap:
 async def _start_latency(env: BenchEnv, samples: int) -> list[float]:
     """From sending a job's create (what InitiateDownload does) to RUNNING: through the idle worker's
     relay, bullmq, and the worker's claim."""
-    async with s3_session().client("s3", **s3_client_kwargs(env.settings)) as s3:
-        await seed_sources(s3, env.settings, [70_000])
+    await env.seed([70_000])
     async with redis_client(env.settings) as redis:
         store = JobStore(redis, env.settings)
         latencies = []

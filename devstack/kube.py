@@ -139,11 +139,17 @@ def _init_run(init: dict, pod: dict, assets: Path) -> list[str]:
     return ["run", "--rm", "--read-only", user, *mounts, f"--entrypoint={command[0]}", LOCAL_IMAGES[init["image"]], *command[1:]]
 
 
+def node_port(sentinel_port: int) -> int:
+    """Where the Redis node beside a sentinel listens in the local overlay: 20000 ports below, as
+    Redis pairs 26379 and 6379."""
+    return sentinel_port - 20_000
+
+
 def local_sentinel_redis(sentinels: list[tuple[str, int]], data_dir: Path) -> list[dict]:
     """optional/redis-sentinel.yaml for one machine: a Pod per node of the StatefulSet (podman has
     no StatefulSets), on the host's network. Node N's sentinel listens at the Nth address of
-    REDIS_SENTINELS and its Redis 20000 ports below (Redis's own pairing of 26379 and 6379); its
-    volume is `data_dir`/redis-N, which must exist."""
+    REDIS_SENTINELS and its Redis at `node_port` of it; its volume is `data_dir`/redis-N, which
+    must exist."""
     statefulset, _, scripts = _documents("optional/redis-sentinel.yaml")
     pods = []
     for index, (host, port) in enumerate(sentinels):
@@ -154,10 +160,10 @@ def local_sentinel_redis(sentinels: list[tuple[str, int]], data_dir: Path) -> li
         spec["volumes"].append({"name": "data", "hostPath": {"path": str(data_dir / f"redis-{index}"), "type": "Directory"}})
         node = {
             "ANNOUNCE_HOST": host,
-            "REDIS_PORT": str(port - 20000),
+            "REDIS_PORT": str(node_port(port)),
             "SENTINEL_PORT": str(port),
             "SENTINELS": " ".join(f"{h}:{p}" for h, p in sentinels),
-            "FIRST_PRIMARY": f"{sentinels[0][0]}:{sentinels[0][1] - 20000}",
+            "FIRST_PRIMARY": f"{sentinels[0][0]}:{node_port(sentinels[0][1])}",
         }
         for container in spec["containers"]:
             _local_container(container)

@@ -21,6 +21,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.deploy import PODMAN_ENV
+from devstack.kube import node_port
 from devstack.processes import free_port, port_open
 from devstack.sentinel import primary_port
 from devstack.services import ROOT
@@ -64,7 +65,7 @@ def deploy(command: str, env: dict[str, str]) -> str:
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     reserved: set[int] = set()
     envoy, admin, grpc_port, http = (free_port(reserved) for _ in range(4))
-    sentinels = [free_port(reserved, also_free=(-20000,)) for _ in range(3)]  # each node's Redis 20000 below
+    sentinels = [free_port(reserved, also_free=(node_port(0),)) for _ in range(3)]  # and each one's Redis node
     s3 = free_port(reserved, also_free=(10000,))
     data_dir = tmp_path_factory.mktemp("deployment")
     env = os.environ | {
@@ -86,7 +87,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     assert "Longhaul is running." in banner and "API key" in banner
     key = (data_dir / "dev-api-key").read_text().strip()
     probe_ports: dict[int | str, int] = {50051: grpc_port, "http": http, "public": envoy}
-    nodes = [port - 20000 for port in sentinels]
+    nodes = [node_port(port) for port in sentinels]
     deployed = Deployed(envoy, key, [envoy, admin, grpc_port, http, s3, *sentinels, *nodes], probe_ports, sentinels)
     try:
         yield deployed
@@ -136,7 +137,7 @@ def test_a_job_whose_worker_container_is_killed_completes_on_the_other(deployed:
 def test_a_killed_redis_primary_is_replaced_and_its_node_comes_back_as_a_replica(deployed: Deployed) -> None:
     old = primary_port(deployed.sentinel_ports)
     assert old is not None
-    node = f"longhaul-redis-{[port - 20000 for port in deployed.sentinel_ports].index(old)}-redis"
+    node = f"longhaul-redis-{[node_port(port) for port in deployed.sentinel_ports].index(old)}-redis"
     with deployed.client() as client:
         job = client.initiate(SMALL_IDS[:4])  # acknowledged once a replica has it (REDIS_WAIT_REPLICAS)
         # The process dies, not the container stopped by hand: its restart policy starts it again at
