@@ -15,7 +15,7 @@ async def build_nothing(
     s3: Any, settings: Any, job_id: str, key: str, file_ids: list[int], progress: Progress
 ) -> ArchiveResult:
     await progress.report("nothing to do", force=True)
-    return ArchiveResult(key="", file_name="", size_bytes=0, sha256="")
+    return ArchiveResult(size_bytes=0, sha256="")
 
 
 if __name__ == "__main__":

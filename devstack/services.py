@@ -28,6 +28,13 @@ def binary(name: str) -> str:
     return found
 
 
+# A job's record (a hash) holds a few values longer than Redis's default 64 bytes (the result, the
+# file ids); one such value turns the whole hash from the compact listpack into a hash table, about
+# 3 x the memory. bullmq's job hashes (options as JSON) likewise. Production Redis gets the same
+# setting (deploy/).
+MEMORY_ARGS = ["--hash-max-listpack-value", "1024"]
+
+
 def start_redis(
     port: int, data_dir: Path, log_dir: Path, appendonly: bool = False, extra_args: list[str] | None = None
 ) -> ManagedProcess:
@@ -41,6 +48,7 @@ def start_redis(
         "--appendonly", "yes" if appendonly else "no",
         "--appendfsync", "everysec",
         "--dir", str(data_dir),
+        *MEMORY_ARGS,
         *(extra_args or []),
     ]
     proc = ManagedProcess("redis", argv, log_dir / f"redis-{port}.log").start()

@@ -108,14 +108,13 @@ class JobStore:
         if tracing.enabled() and (traceparent := tracing.current_traceparent()):
             fields[F.TRACEPARENT] = traceparent
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.index(slug), k.active(slug), k.live, k.fresh]
+        keys = [k.job(job_id), k.index(slug), k.active(slug), k.live, k.fresh]
         if request_id:
             keys.append(k.idempotency(slug, request_id))
         args: list[Any] = [
             job_id,
             fingerprint(file_ids) if request_id else "",
             retention_s,
-            self.settings.event_history_len,
             index_member(created, job_id),
             index_member(max(created - retention_s * 1000, 0), ""),
             created,

@@ -19,6 +19,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from jobs.connections import botocore_session, s3_client_kwargs
 from jobs.model import F
 from jobs.settings import Settings
+from jobs.storage import artifact_key, artifact_name
+from jobs.tenants import tenant_slug
 from longhaul.download.v1 import download_pb2 as pb
 
 _EVENT_TYPES = {
@@ -49,12 +51,19 @@ class Presigner:
     def __init__(self, settings: Settings, capacity: int = 10_000, clock: Callable[[], float] = time.time) -> None:
         self._ttl_ms = settings.presign_ttl_s * 1000
         self._bucket = settings.artifact_bucket
+        self._deployment = settings.redis_prefix
         self._capacity = capacity
         self._clock = clock
         self._signed: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
         kwargs = s3_client_kwargs(settings, endpoint=settings.presign_endpoint)
         # Any: botocore adds generate_presigned_url to clients at runtime, unknown to its stubs.
         self._client: Any = botocore_session().create_client("s3", **kwargs)
+
+    def for_job(self, fields: Mapping[str, str]) -> tuple[str, int]:
+        """The URL of a completed job's artifact (from its record or one of its events)."""
+        job_id = fields[F.ID]
+        key = artifact_key(self._deployment, tenant_slug(fields[F.TENANT]), job_id)
+        return self.url(key, artifact_name(job_id), int(fields.get(F.EXPIRE_MS) or 0))
 
     def url(self, key: str, file_name: str, not_after_ms: int = 0) -> tuple[str, int]:
         """(URL, expiry in epoch ms). A fresh URL lives `presign_ttl_s`, but never past
@@ -123,8 +132,7 @@ def to_job(fields: Mapping[str, str], presigner: Presigner) -> pb.Job:
     if fields.get(F.FILE_IDS):
         job.file_ids.extend(json.loads(fields[F.FILE_IDS]))
     if fields.get(F.RESULT):
-        expire_ms = int(fields.get(F.EXPIRE_MS) or 0)
-        job.result.CopyFrom(_result(json.loads(fields[F.RESULT]), presigner, expire_ms))
+        job.result.CopyFrom(_result(fields, presigner))
     if fields.get(F.ERROR):
         error = json.loads(fields[F.ERROR])
         code = _ERROR_CODES.get(error["code"], pb.JOB_ERROR_CODE_UNSPECIFIED)
@@ -132,8 +140,9 @@ def to_job(fields: Mapping[str, str], presigner: Presigner) -> pb.Job:
     return job
 
 
-def _result(stored: dict, presigner: Presigner, not_after_ms: int) -> pb.DownloadResult:
-    url, expires_ms = presigner.url(stored["key"], stored["file_name"], not_after_ms)
+def _result(fields: Mapping[str, str], presigner: Presigner) -> pb.DownloadResult:
+    stored = json.loads(fields[F.RESULT])
+    url, expires_ms = presigner.for_job(fields)
     files = [
         pb.FileOutcome(
             file_id=f["file_id"],
@@ -149,7 +158,7 @@ def _result(stored: dict, presigner: Presigner, not_after_ms: int) -> pb.Downloa
         url_expire_time=_timestamp(expires_ms),
         size_bytes=stored["size_bytes"],
         sha256=stored["sha256"],
-        file_name=stored["file_name"],
+        file_name=artifact_name(fields[F.ID]),
         files=files,
         files_included=included,
         files_missing=len(files) - included,

@@ -173,6 +173,5 @@ class HttpSide:
                 },
                 headers,
             )
-        result = json.loads(job[F.RESULT])
-        url, _ = self._presigner.url(result["key"], result["file_name"], int(job.get(F.EXPIRE_MS) or 0))
+        url, _ = self._presigner.for_job(job)
         raise web.HTTPFound(url, headers=dict(headers))

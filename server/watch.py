@@ -3,7 +3,7 @@
 The hub holds one subscription to the events channel and hands each event to the inboxes of the
 streams that watch its job, so ten thousand watchers cost one Redis connection, not ten thousand.
 Pub/sub delivery is at-most-once; `follow` makes the stream gap-free anyway by checking every
-event's seq and reading the job's history (the Redis stream) whenever a seq is skipped, the
+event's seq and reading the job's history (a Redis list) whenever a seq is skipped, the
 connection was lost, or a heartbeat finds the job ahead of what was sent.
 """
 

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from jobs.model import ErrorCode, Phase
 from jobs.settings import Settings
-from jobs.storage import SourceFile, artifact_name, head_source, is_missing
+from jobs.storage import SourceFile, head_source, is_missing
 from worker.multipart import MultipartSink
 from worker.progress import Progress
 
@@ -47,8 +47,9 @@ class FileOutcome:
 
 @dataclass
 class ArchiveResult:
-    key: str
-    file_name: str
+    """What a job's record keeps of its archive. The object's key and file name are not kept: both
+    follow from the job (jobs.storage.artifact_key), and every byte counts in a record kept a day."""
+
     size_bytes: int
     sha256: str
     files: list[FileOutcome] = field(default_factory=list)
@@ -96,7 +97,7 @@ async def build_archive(
         raise
     if not any(o.status == "INCLUDED" for o in outcomes.values()):
         raise PermanentJobError(ErrorCode.ALL_FILES_MISSING, "every requested file disappeared while the job ran")
-    return ArchiveResult(key, artifact_name(job_id), size, sha256, [outcomes[f] for f in file_ids])
+    return ArchiveResult(size, sha256, [outcomes[f] for f in file_ids])
 
 
 async def _look_up(s3: Any, settings: Settings, file_ids: list[int], progress: Progress) -> list[SourceFile | None]:

@@ -65,6 +65,8 @@ redis.call("RPUSH", KEYS[2], payload)
 redis.call("LTRIM", KEYS[2], -tonumber(ARGV[2]), -1)
 redis.call("PUBLISH", ARGV[3], ARGV[9] .. CHANNEL_SEPARATOR .. payload)
 if new_state and TERMINAL[new_state] then
+  -- No run writes to a finished job again, so its fencing token is dead weight for a day.
+  redis.call("HDEL", KEYS[1], F.TOKEN)
   redis.call("EXPIRE", KEYS[1], ARGV[7])
   -- The history goes sooner: a watch resumed after it gets the final state as a snapshot.
   redis.call("EXPIRE", KEYS[2], ARGV[12])

@@ -124,6 +124,8 @@ def test_each_health_check_passes_in_its_container(composed: Composed, service: 
 def test_the_jobs_live_in_redis_with_an_append_only_file_on_its_volume(composed: Composed) -> None:
     redis = composed.container("redis")
     assert podman("exec", redis, "redis-cli", "config", "get", "appendonly").stdout.split() == ["appendonly", "yes"]
+    listpack = podman("exec", redis, "redis-cli", "config", "get", "hash-max-listpack-value").stdout.split()
+    assert listpack == ["hash-max-listpack-value", "1024"], "a job's record stays in Redis's compact encoding"
     mounts = podman("inspect", "--format", "{{range .Mounts}}{{.Name}}:{{.Destination}} {{end}}", redis).stdout.split()
     assert f"{composed.project}_redis-data:/data" in mounts
 

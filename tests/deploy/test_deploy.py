@@ -156,6 +156,8 @@ def test_a_killed_redis_primary_is_replaced_and_its_node_comes_back_as_a_replica
         assert time.monotonic() < deadline, role
         time.sleep(0.2)
     assert int(podman("inspect", "--format", "{{.RestartCount}}", node)) >= 1
+    for port in (old, new):  # both roles, the restarted node too, keep records in the compact encoding
+        assert redis.Redis(port=port).config_get("hash-max-listpack-value") == {b"hash-max-listpack-value": b"1024"}
     assert f"starting as a replica of 127.0.0.1:{new}" in podman("logs", node)
 
 

@@ -229,6 +229,7 @@ def test_its_own_redis_keeps_its_data_on_disk(running_stack) -> None:
     assert "AOF" in banner
     client = redis.Redis(port=ports["redis"], decode_responses=True)
     assert client.config_get("appendonly") == {"appendonly": "yes"}, "Ctrl-C and make run again keeps every job"
+    assert client.config_get("hash-max-listpack-value") == {"hash-max-listpack-value": "1024"}
 
 
 def test_a_process_that_dies_is_restarted_and_the_stack_keeps_working(running_stack) -> None:

@@ -183,7 +183,7 @@ async def test_the_job_message_is_built_once_per_version_and_again_when_its_url_
         assert await cache.job(job_id, TENANT) is queued
         await other.claim(job_id, "worker-a", "token-a")
         done = finish_fields(State.COMPLETED, store.settings, "ok") | {F.RESULT: json.dumps(
-            {"key": "tenants/t/x.zip", "file_name": "x.zip", "size_bytes": 1, "sha256": "0" * 64, "files": []}
+            {"size_bytes": 1, "sha256": "0" * 64, "files": []}
         )}
         await other.report(job_id, "token-a", done, EventType.STATE_CHANGED)
 
