@@ -37,7 +37,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    5.0, watched_jobs=1_000, idle_streams=10_000, start_samples=100, queue_jobs=3_000, memory_jobs=100_000,
+    5.0, watched_jobs=1_000, idle_streams=50_000, start_samples=100, queue_jobs=3_000, memory_jobs=100_000,
     memory_finished_jobs=5_000, small_mb=10, large_mb=1_000, rounds=3,
 )
 SMOKE = Sizes(

@@ -1,15 +1,21 @@
 """Idle watchers: how many open WatchProgress streams one server process holds, what each costs in
-memory, and how many Redis connections they take (the design: one pub/sub connection for all)."""
+memory, and how many Redis connections they take (the design: one pub/sub connection for all). The
+baseline is the same number of streams on a bare grpc.aio server (bench/bare_watch_server.py): what
+gRPC itself costs per stream, which no code of ours can go below."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.env import TENANT, BenchEnv
 from bench.report import Row
 from bench.watchers import WatcherPool
+from devstack.processes import ManagedProcess, free_port, port_open
+from devstack.services import ROOT
 from jobs.connections import redis_client
 from jobs.store import JobStore
 
@@ -29,6 +35,38 @@ async def _redis_clients(env: BenchEnv) -> int:
         return int((await redis.info("clients"))["connected_clients"]) - 1  # less this one
 
 
+class Held:
+    """Streams held open by one server process, what its RSS did, and what `meanwhile` saw."""
+
+    def __init__(
+        self, pid: int, address: str, metadata: tuple[tuple[str, str], ...], job_ids: list[str], meanwhile: Callable[[], object]
+    ) -> None:
+        self.rss_before = rss_mb(pid)
+        pool = WatcherPool(address, metadata, job_ids, WATCH_PROCESSES)
+        opened_at = time.monotonic()
+        self.opened = pool.start(timeout_s=600)
+        self.open_s = time.monotonic() - opened_at
+        time.sleep(HOLD_S)  # idle: heartbeats only
+        self.rss_after = rss_mb(pid)
+        self.seen = meanwhile()
+        pool.stop()
+
+    @property
+    def kb_each(self) -> float:
+        return (self.rss_after - self.rss_before) * 1024 / max(self.opened, 1)
+
+
+def _bare(env: BenchEnv, streams: int) -> Held:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.bare_watch_server", str(port)]
+    bare = ManagedProcess("bare-watch-server", argv, env.logs / "bare-watch-server.log", cwd=ROOT).start()
+    try:
+        bare.wait_until(lambda: port_open(port), 30, "serving")
+        return Held(bare.pid, f"127.0.0.1:{port}", (), [f"bare-{i}" for i in range(streams)], lambda: None)
+    finally:
+        bare.stop()
+
+
 def run(env: BenchEnv, streams: int) -> list[Row]:
     server, address = env.start_server()
 
@@ -43,31 +81,25 @@ def run(env: BenchEnv, streams: int) -> list[Row]:
 
     job_ids = asyncio.run(create())
     time.sleep(1)
-    rss_before, clients_before = rss_mb(server.pid), asyncio.run(_redis_clients(env))
-    pool = WatcherPool(address, env.metadata, job_ids, WATCH_PROCESSES)
-    opened_at = time.monotonic()
-    opened = pool.start(timeout_s=300)
-    open_s = time.monotonic() - opened_at
-    time.sleep(HOLD_S)  # idle: heartbeats only
-    rss_after, clients_after = rss_mb(server.pid), asyncio.run(_redis_clients(env))
-    pool.stop()
-    per_stream_kb = (rss_after - rss_before) * 1024 / max(opened, 1)
+    clients_before = asyncio.run(_redis_clients(env))
+    ours = Held(server.pid, address, env.metadata, job_ids, lambda: asyncio.run(_redis_clients(env)))
+    bare = _bare(env, streams)
     return [
         Row(
             "idle WatchProgress streams held by one server process",
-            f"{opened:,} open (all opened in {open_s:.1f} s); {per_stream_kb:.1f} kB RSS each "
-            f"({rss_before:.0f} -> {rss_after:.0f} MB)",
-            "",
-            "",
-            f">= {streams:,} streams",
-            opened >= streams,
+            f"{ours.opened:,} open (opened in {ours.open_s:.1f} s); {ours.kb_each:.1f} kB RSS each "
+            f"({ours.rss_before:.0f} -> {ours.rss_after:.0f} MB)",
+            f"a bare grpc.aio server: {bare.kb_each:.1f} kB each ({bare.opened:,} open)",
+            f"{ours.kb_each / bare.kb_each:.2f} x",
+            f">= {streams:,} streams, <= 15 kB each",
+            ours.opened >= streams and ours.kb_each <= 15,
         ),
         Row(
             "Redis connections held by the server",
-            f"{clients_before} before the streams, {clients_after} with them",
+            f"{clients_before} before the streams, {ours.seen} with them",
             "the original design: one per SSE subscriber",
             "",
             "a handful, whatever the number of streams",
-            clients_after <= 10,
+            isinstance(ours.seen, int) and ours.seen <= 10,
         ),
     ]

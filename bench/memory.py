@@ -89,7 +89,8 @@ async def _measure(env: BenchEnv, jobs: int, finished_jobs: int) -> dict[str, tu
             await asyncio.sleep(0.5)
         env.stop(worker)
         await queue.close()
-        measured["finished"] = ((await _used(redis, capped) - empty) / finished_jobs, await _key_sizes(redis, finished_jobs, capped))
+        used = await _used(redis, capped)
+        measured["finished"] = ((used - empty) / finished_jobs, await _key_sizes(redis, finished_jobs, capped))
         # What their expiry does, EVENT_HISTORY_TTL_S after each job ended, done here at once.
         histories = [key async for key in redis.scan_iter(match=store.keys.events("*"), count=1000)]
         if histories and not 0 < await redis.ttl(histories[0]) <= env.settings.event_history_ttl_s:

@@ -18,6 +18,10 @@ from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 
 STAMP = "t="
 _STREAMS_PER_CHANNEL = 100  # below gRPC's usual per-connection stream limit
+# Streams a process has asked for and not yet had a snapshot on. Tens of thousands asked for in the
+# same instant exceed what a server keeps pending (SERVER_OPTIONS) and are cancelled; watchers
+# arriving as fast as the server takes them measure what it holds.
+_OPENING = 500
 
 
 def stamp() -> str:
@@ -41,12 +45,16 @@ def _watch(watch: Watch, ready: Any, stop: Any, results: Any) -> None:
         opened = 0
         channels = [grpc.aio.insecure_channel(watch.target) for _ in range(math.ceil(len(watch.job_ids) / _STREAMS_PER_CHANNEL))]
 
+        opening = asyncio.Semaphore(_OPENING)
+
         async def follow(index: int, job_id: str) -> None:
             nonlocal opened
             stub = pb_grpc.DownloadServiceStub(channels[index // _STREAMS_PER_CHANNEL])
+            await opening.acquire()
             async for event in stub.WatchProgress(pb.WatchProgressRequest(job_id=job_id), metadata=watch.metadata):
                 if event.type == pb.EVENT_TYPE_SNAPSHOT:
                     opened += 1
+                    opening.release()
                 elif event.type == pb.EVENT_TYPE_PROGRESS and (age := _age(event.job.message)) is not None:
                     latencies.append(age)
 

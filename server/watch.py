@@ -10,10 +10,9 @@ connection was lost, or a heartbeat finds the job ahead of what was sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from jobs.keys import CHANNEL_SEPARATOR, Keys
 from jobs.model import TERMINAL_STATES, EventType, F, State
 from jobs.store import Fields, JobStore
 from server.errors import ServerShuttingDown
+from server.inbox import TIMEOUT, Inbox
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class WatchHub:
         self._redis = redis
         self._on_event = on_event  # told the job id of every event, watched or not
         self._channel = keys.events_channel
-        self._inboxes: dict[str, set[asyncio.Queue[Any]]] = {}
+        self._inboxes: dict[str, set[Inbox]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._closed = False
@@ -59,21 +59,22 @@ class WatchHub:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
 
-    @contextlib.contextmanager
-    def subscribe(self, job_id: str) -> Iterator[asyncio.Queue[Any]]:
-        inbox: asyncio.Queue[Any] = asyncio.Queue(_INBOX_SIZE)
+    def subscribe(self, job_id: str) -> Inbox:
+        """An inbox for the job's events; the caller must unsubscribe it (a plain pair, not a context
+        manager: its generator would cost every idle stream another half kilobyte)."""
+        inbox = Inbox(_INBOX_SIZE)
         if self._closed:
-            inbox.put_nowait(SHUTDOWN)  # a watch that slipped in while the server stops
+            inbox.put(SHUTDOWN)  # a watch that slipped in while the server stops
         self._inboxes.setdefault(job_id, set()).add(inbox)
         metrics.WATCH_STREAMS.inc()
-        try:
-            yield inbox
-        finally:
-            metrics.WATCH_STREAMS.dec()
-            boxes = self._inboxes[job_id]
-            boxes.discard(inbox)
-            if not boxes:
-                del self._inboxes[job_id]
+        return inbox
+
+    def unsubscribe(self, job_id: str, inbox: Inbox) -> None:
+        metrics.WATCH_STREAMS.dec()
+        boxes = self._inboxes[job_id]
+        boxes.discard(inbox)
+        if not boxes:
+            del self._inboxes[job_id]
 
     async def _read_forever(self) -> None:
         backoff_s = 0.1
@@ -111,13 +112,12 @@ class WatchHub:
             _deliver(inbox, event)
 
 
-def _deliver(inbox: asyncio.Queue[Any], item: Any) -> None:
+def _deliver(inbox: Inbox, item: Any) -> None:
     if inbox.full():
         # A watcher this far behind reads the history instead of holding events in memory.
-        while not inbox.empty():
-            inbox.get_nowait()
+        inbox.clear()
         item = SHUTDOWN if item is SHUTDOWN else RESYNC
-    inbox.put_nowait(item)
+    inbox.put(item)
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,8 @@ async def follow(
 ) -> AsyncIterator[Update]:
     """The updates of one of `tenant`'s jobs from `after_seq` on, gap-free and without repeats, until
     it ends. The ownership check at the start covers the whole watch: a job never changes hands."""
-    with hub.subscribe(job_id) as inbox:
+    inbox = hub.subscribe(job_id)
+    try:
         # Subscribed before reading, so no change can fall between the read and the live events.
         job = await store.get(job_id, tenant, with_file_ids=False)
         if after_seq == 0 or job[F.STATE] == State.EXPIRED:
@@ -157,12 +158,11 @@ async def follow(
                 return
 
         while True:
-            try:
-                item = await asyncio.wait_for(inbox.get(), heartbeat_s)
-            except TimeoutError:
+            item = await inbox.get(heartbeat_s)
+            if item is TIMEOUT:
                 latest = await store.latest_seq(job_id)
                 if not latest:
-                    raise JobNotFound(job_id) from None  # forgotten (DeleteOperation) while watched
+                    raise JobNotFound(job_id)  # forgotten (DeleteOperation) while watched
                 if latest <= last:
                     yield Update("HEARTBEAT", last, None)
                     continue
@@ -180,6 +180,8 @@ async def follow(
                 last = update.seq
                 if _is_terminal(update.fields):  # type: ignore[arg-type]
                     return
+    finally:
+        hub.unsubscribe(job_id, inbox)
 
 
 async def _catch_up(store: JobStore, job_id: str, tenant: str, after_seq: int) -> AsyncIterator[Update]:
