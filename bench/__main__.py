@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import durability, finished, idle, memory, notify, observability, polling, queue, transfer, unary
+from bench import durability, envoy_streams, finished, idle, memory, notify, observability, polling, queue, transfer, unary
 from bench.env import BenchEnv, bench_env
 from bench.report import Row, table
 
@@ -26,6 +26,7 @@ class Sizes:
     duration_s: float
     watched_jobs: int
     idle_streams: int
+    envoy_streams: int
     start_samples: int
     queue_jobs: int
     memory_jobs: int
@@ -37,12 +38,12 @@ class Sizes:
 
 
 FULL = Sizes(
-    5.0, watched_jobs=1_000, idle_streams=50_000, start_samples=100, queue_jobs=3_000, memory_jobs=100_000,
+    5.0, watched_jobs=1_000, idle_streams=50_000, envoy_streams=2_000, start_samples=100, queue_jobs=3_000, memory_jobs=100_000,
     memory_finished_jobs=5_000, small_mb=10, large_mb=1_000, rounds=3,
 )
 SMOKE = Sizes(
-    0.5, watched_jobs=20, idle_streams=40, start_samples=5, queue_jobs=50, memory_jobs=200, memory_finished_jobs=50,
-    small_mb=1, large_mb=20, rounds=1,
+    0.5, watched_jobs=20, idle_streams=40, envoy_streams=20, start_samples=5, queue_jobs=50, memory_jobs=200,
+    memory_finished_jobs=50, small_mb=1, large_mb=20, rounds=1,
 )
 
 BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {
@@ -50,6 +51,7 @@ BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {
     "finished": lambda env, sizes: finished.run(env, sizes.duration_s, sizes.rounds),
     "notify": lambda env, sizes: notify.run(env, sizes.watched_jobs, sizes.duration_s),
     "idle": lambda env, sizes: idle.run(env, sizes.idle_streams),
+    "envoy_streams": lambda env, sizes: envoy_streams.run(env, sizes.envoy_streams),
     "queue": lambda env, sizes: queue.run(env, sizes.start_samples, sizes.queue_jobs, sizes.rounds),
     "transfer": lambda env, sizes: transfer.run(env, sizes.small_mb, sizes.large_mb, sizes.rounds),
     "polling": lambda env, sizes: polling.run(),

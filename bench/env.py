@@ -53,12 +53,16 @@ class BenchEnv:
 
     def start_envoy(self, server_address: str) -> str:
         """Envoy (the repository's envoy.yaml) in front of one server; returns its address."""
+        return self.start_envoy_with_admin(server_address)[1]
+
+    def start_envoy_with_admin(self, server_address: str) -> tuple[ManagedProcess, str, str]:
+        """The same; returns Envoy's process, its address and its admin API's address."""
         grpc_port = int(server_address.rsplit(":", 1)[1])
         port, admin = free_port(), free_port()
         proc = start_envoy(envoy_config(port, admin, [(grpc_port, free_port())]), self.work / "envoy", self.logs)
         self.processes.append(proc)
         wait_serving(f"127.0.0.1:{port}")
-        return f"127.0.0.1:{port}"
+        return proc, f"127.0.0.1:{port}", f"127.0.0.1:{admin}"
 
     async def seed(self, file_ids: list[int]) -> None:
         """The source files of `file_ids` in the stack's S3, for jobs that really run."""

@@ -207,6 +207,27 @@ def test_heartbeats_keep_a_stream_alive_past_a_short_idle_timeout(base_settings,
         stop_gateway(gateway)
 
 
+async def test_more_watchers_than_envoys_default_request_limit(base_settings, work_dir) -> None:
+    # Every open watch is a request under way to the cluster; Envoy's default limit (1,024) answered
+    # the watchers past it UNAVAILABLE ("upstream overflow").
+    watchers = 1_100
+    gateway = start_gateway(base_settings, work_dir, delay_min_ms=60_000, delay_max_ms=60_000)
+    try:
+        async with credentials.channel(gateway.address) as channel:
+            stub = pb_grpc.DownloadServiceStub(channel)
+            job = await initiate(stub, SMALL_IDS[:1])
+            calls = [stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id), timeout=30) for _ in range(watchers)]
+            try:
+                firsts = await asyncio.gather(*(call.read() for call in calls), return_exceptions=True)
+                refused = [f for f in firsts if not isinstance(f, pb.WatchProgressResponse)]
+                assert not refused, f"{len(refused)} of {watchers} watchers refused: {refused[0]}"
+            finally:
+                for call in calls:
+                    call.cancel()
+    finally:
+        stop_gateway(gateway)
+
+
 async def test_a_dying_server_gives_clients_a_clear_error(base_settings, work_dir) -> None:
     gateway = start_gateway(base_settings, work_dir, delay_min_ms=60_000, delay_max_ms=60_000)
     try:
