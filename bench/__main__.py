@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import durability, envoy_streams, finished, idle, memory, notify, observability, polling, queue, transfer, unary
+from bench import durability, envoy_streams, finished, idle, memory, notify, observability, polling, queue, tail, transfer, unary
 from bench.env import BenchEnv, bench_env
 from bench.report import Row, table
 
@@ -49,6 +49,7 @@ SMOKE = Sizes(
 BENCHMARKS: dict[str, Callable[[BenchEnv, Sizes], list[Row]]] = {
     "unary": lambda env, sizes: unary.run(env, sizes.duration_s, sizes.rounds),
     "finished": lambda env, sizes: finished.run(env, sizes.duration_s, sizes.rounds),
+    "tail": lambda env, sizes: tail.run(env, sizes.duration_s),
     "notify": lambda env, sizes: notify.run(env, sizes.watched_jobs, sizes.duration_s),
     "idle": lambda env, sizes: idle.run(env, sizes.idle_streams),
     "envoy_streams": lambda env, sizes: envoy_streams.run(env, sizes.envoy_streams),

@@ -33,18 +33,18 @@ HOLD_S = 3.0
 _WATCH_PATH = "/longhaul.download.v1.DownloadService/WatchProgress"
 
 
-def _admin(admin: str, path: str) -> str:
+def admin_get(admin: str, path: str) -> str:
     with urllib.request.urlopen(f"http://{admin}{path}", timeout=10) as reply:
         return reply.read().decode()
 
 
 def _memory(pid: int, admin: str) -> tuple[float, float]:
     """(resident MB, heap MB allocated) of Envoy."""
-    return rss_mb(pid), int(json.loads(_admin(admin, "/memory"))["allocated"]) / 2**20
+    return rss_mb(pid), int(json.loads(admin_get(admin, "/memory"))["allocated"]) / 2**20
 
 
 def _open_connections(admin: str) -> int:
-    stats = _admin(admin, "/stats?filter=^http.public.downstream_cx_active$")
+    stats = admin_get(admin, "/stats?filter=^http.public.downstream_cx_active$")
     return int(stats.split(":")[1]) if ":" in stats else 0
 
 

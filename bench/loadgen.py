@@ -80,18 +80,23 @@ class HttpLoad:
     duration_s: float
     headers: tuple[tuple[str, str], ...] = ()
     warmup_s: float = 0.5
+    json_body: bytes = b""  # POSTed when given, else a GET
 
 
 def _run_http(load: HttpLoad) -> tuple[int, int, list[float]]:
-    """GETs of `load.url` over keep-alive connections, one per call in flight; a reply other than
-    200 counts as an error."""
+    """GETs of `load.url` (POSTs of `load.json_body`) over keep-alive connections, one per call in
+    flight; a reply other than 200 counts as an error."""
 
     async def main() -> tuple[int, int, list[float]]:
         connector = aiohttp.TCPConnector(limit=load.in_flight)
         async with aiohttp.ClientSession(connector=connector, headers=dict(load.headers)) as session:
 
             async def one() -> bool:
-                async with session.get(load.url) as reply:
+                if load.json_body:
+                    request = session.post(load.url, data=load.json_body, headers={"content-type": "application/json"})
+                else:
+                    request = session.get(load.url)
+                async with request as reply:
                     await reply.read()
                 return reply.status == 200
 

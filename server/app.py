@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from jobs import tracing
+from jobs import runtime, tracing
 from jobs.connections import multiplexed_redis, pause, redis_client, s3_client_kwargs, s3_session, watch_failovers
 from jobs.queue import JobQueue
 from jobs.settings import Settings
@@ -147,6 +147,9 @@ class LonghaulServer:
         self.http_port = await self._http.start(s.http_listen, http_ssl_context(s))
         await server.start()
         self._server = server
+        lag = asyncio.create_task(runtime.measure_loop_lag())
+        self._exit_stack.callback(lag.cancel)
+        runtime.measure_gc_pauses()
         log.info("serving gRPC on %s (port %d), HTTP on port %d", s.grpc_listen, self.port, self.http_port)
         return self.port
 

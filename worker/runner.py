@@ -20,7 +20,7 @@ from opentelemetry import trace
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from jobs import metrics, tracing
+from jobs import metrics, runtime, tracing
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session, watch_failovers
 from jobs.errors import RunSuperseded
 from jobs.logs import bind
@@ -104,6 +104,9 @@ class WorkerRunner:
         self._reporting = asyncio.create_task(self._registry.keep_reporting(self.name))
         if failovers := watch_failovers(self.settings, self._redis, self._commands, self._queue.connection_pool):
             self._exit_stack.push_async_callback(failovers.close)
+        lag = asyncio.create_task(runtime.measure_loop_lag())
+        self._exit_stack.callback(lag.cancel)
+        runtime.measure_gc_pauses()
         log.info("worker %s taking jobs from queue %r", self.name, self.settings.queue_name)
 
     async def stop(self) -> None:
