@@ -187,6 +187,14 @@ def test_the_grpc_metrics_have_go_grpc_prometheus_names_and_codes(known_jobs: Ob
     assert o.scalar('sum(grpc_server_msg_received_total{grpc_method="WatchProgress"})') >= 3
 
 
+def test_servers_and_workers_time_their_event_loop_and_their_collections(known_jobs: Observed) -> None:
+    o = known_jobs
+    lag_samples = o.by("sum by (job) (event_loop_lag_seconds_count)", "job")
+    assert lag_samples.keys() == {"longhaul-server", "longhaul-worker"} and min(lag_samples.values()) > 0, lag_samples
+    collections = o.by("sum by (job) (python_gc_pause_seconds_count)", "job")
+    assert collections.keys() == {"longhaul-server", "longhaul-worker"} and min(collections.values()) > 0, collections
+
+
 def test_every_panel_of_the_dashboard_has_data(known_jobs: Observed) -> None:
     dashboard = json.loads((PROMETHEUS / "grafana-dashboard.json").read_text())
     queries = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
