@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 
 from bench.env import BenchEnv
@@ -17,6 +18,7 @@ from bench.report import Row, percentile
 
 IN_FLIGHT = 64
 LOAD_PROCESSES = 2
+_ENVOY_FLUSH_S = 5.5  # Envoy's default stats_flush_interval, 5 s, and a little
 _BODY = json.dumps({"file_ids": [70000, 70007, 70014]}).encode()
 
 
@@ -40,15 +42,16 @@ def _quantile(before: dict[str, float], after: dict[str, float], metric: str, la
     counts.sort()
     total = counts[-1][1] if counts else 0
     if not total:
-        return "none"
+        return "none observed"
     bound = next(le for le, count in counts if count >= q * total)
     return f"<= {bound * 1000:g} ms" if bound != float("inf") else "over the last bucket"
 
 
 def _envoy_quantiles(admin: str, name: str) -> tuple[float, float]:
-    """(p50, p99) in ms of one of Envoy's histograms, over what it saw since it started."""
+    """(p50, p99) in ms of one of Envoy's histograms, over all it has seen (the cumulative figures;
+    the others are the last flush interval's)."""
     line = next(line for line in admin_get(admin, f"/stats?filter={name}").splitlines() if line.startswith(name + ":"))
-    values = dict(re.findall(r"P([\d.]+)\(([\d.]+|nan),", line))
+    values = dict(re.findall(r"P([\d.]+)\((?:[\d.]+|nan),([\d.]+|nan)\)", line))
     return float(values["50"]), float(values["99"])
 
 
@@ -62,6 +65,7 @@ def run(env: BenchEnv, duration_s: float) -> list[Row]:
     if errors:
         raise RuntimeError(f"{errors} REST creates failed during the benchmark")
     after = _scrape(metrics_url)
+    time.sleep(_ENVOY_FLUSH_S)  # Envoy merges its histograms at each stats flush
     p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
     downstream = _envoy_quantiles(admin, "http.public.downstream_rq_time")
     upstream = _envoy_quantiles(admin, "cluster.longhaul_grpc.upstream_rq_time")
