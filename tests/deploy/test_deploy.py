@@ -157,7 +157,7 @@ def test_a_killed_redis_primary_is_replaced_and_its_node_comes_back_as_a_replica
         time.sleep(0.2)
     assert int(podman("inspect", "--format", "{{.RestartCount}}", node)) >= 1
     for port in (old, new):  # both roles, the restarted node too, keep records in the compact encoding
-        assert redis.Redis(port=port).config_get("hash-max-listpack-value") == {b"hash-max-listpack-value": b"1024"}
+        assert redis.Redis(port=port).config_get("hash-max-listpack-value") == {"hash-max-listpack-value": "1024"}
     assert f"starting as a replica of 127.0.0.1:{new}" in podman("logs", node)
 
 
