@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import aioboto3
 import botocore.session
@@ -169,7 +169,7 @@ def s3_client_kwargs(settings: Settings, endpoint: str | None = None) -> dict[st
     # One check of every body, not two. Over plain HTTP, SigV4 signs each body's SHA-256, which S3
     # verifies; botocore's CRC32 of each part (and of each download) on top cost the worker about a
     # tenth of its archive rate. Over HTTPS bodies are not signed, and the CRC32 is that check.
-    checksums = "when_required" if url.startswith("http://") else "when_supported"
+    checksums: Literal["when_required", "when_supported"] = "when_required" if url.startswith("http://") else "when_supported"
     return {
         "endpoint_url": url,
         "region_name": settings.s3_region,

@@ -1,7 +1,7 @@
 """Live job events for every WatchProgress stream of this process, over one Redis connection.
 
 The hub holds one subscription to the events channel and hands each event to the inboxes of the
-streams that watch its job, so ten thousand watchers cost one Redis connection, not ten thousand.
+streams that watch its job, so fifty thousand watchers cost one Redis connection, not fifty thousand.
 Pub/sub delivery is at-most-once; `follow` makes the stream gap-free anyway by checking every
 event's seq and reading the job's history (a Redis list) whenever a seq is skipped, the
 connection was lost, or a heartbeat finds the job ahead of what was sent.
