@@ -55,11 +55,15 @@ class BenchEnv:
         """Envoy (the repository's envoy.yaml) in front of one server; returns its address."""
         return self.start_envoy_with_admin(server_address)[1]
 
-    def start_envoy_with_admin(self, server_address: str) -> tuple[ManagedProcess, str, str]:
-        """The same; returns Envoy's process, its address and its admin API's address."""
+    def start_envoy_with_admin(self, server_address: str, stats_flush_s: float = 0) -> tuple[ManagedProcess, str, str]:
+        """The same; returns Envoy's process, its address and its admin API's address. `stats_flush_s`:
+        how often Envoy merges its histograms, when they are read (its default is 5 s)."""
         grpc_port = int(server_address.rsplit(":", 1)[1])
         port, admin = free_port(), free_port()
-        proc = start_envoy(envoy_config(port, admin, [(grpc_port, free_port())]), self.work / "envoy", self.logs)
+        config = envoy_config(port, admin, [(grpc_port, free_port())])
+        if stats_flush_s:
+            config["stats_flush_interval"] = f"{stats_flush_s}s"
+        proc = start_envoy(config, self.work / "envoy", self.logs)
         self.processes.append(proc)
         wait_serving(f"127.0.0.1:{port}")
         return proc, f"127.0.0.1:{port}", f"127.0.0.1:{admin}"

@@ -29,7 +29,6 @@ from jobs.store import JobStore
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 
-HOLD_S = 3.0
 _WATCH_PATH = "/longhaul.download.v1.DownloadService/WatchProgress"
 
 
@@ -92,12 +91,12 @@ async def _hold(target: str, token: str, job_ids: list[str], open_one: str, unti
     return len(replies)
 
 
-async def _measure_into(sink: list[tuple[float, float]], pid: int, admin: str) -> None:
-    await asyncio.sleep(HOLD_S)
+async def _measure_into(sink: list[tuple[float, float]], pid: int, admin: str, hold_s: float) -> None:
+    await asyncio.sleep(hold_s)
     sink.append(_memory(pid, admin))
 
 
-def run(env: BenchEnv, streams: int) -> list[Row]:
+def run(env: BenchEnv, streams: int, hold_s: float) -> list[Row]:
     _, address = env.start_server()
     envoy, target, admin = env.start_envoy_with_admin(address)
 
@@ -118,7 +117,7 @@ def run(env: BenchEnv, streams: int) -> list[Row]:
         idle_connections = _open_connections(admin)
         before = _memory(envoy.pid, admin)
         during: list[tuple[float, float]] = []
-        measure = functools.partial(_measure_into, during, envoy.pid, admin)
+        measure = functools.partial(_measure_into, during, envoy.pid, admin, hold_s)
         if kind == "grpc":
             opened = asyncio.run(_hold_grpc(target, env.token, job_ids, measure))
         else:
@@ -126,7 +125,7 @@ def run(env: BenchEnv, streams: int) -> list[Row]:
         deadline = time.monotonic() + 60
         while _open_connections(admin) > idle_connections and time.monotonic() < deadline:
             time.sleep(0.2)
-        time.sleep(HOLD_S)  # what Envoy keeps once they are gone
+        time.sleep(hold_s)  # what Envoy keeps once they are gone
         after = _memory(envoy.pid, admin)
         rss_kb = (during[0][0] - before[0]) * 1024 / opened
         heap_kb = (during[0][1] - before[1]) * 1024 / opened

@@ -20,7 +20,6 @@ from jobs.connections import redis_client
 from jobs.store import JobStore
 
 WATCH_PROCESSES = 4
-HOLD_S = 5.0
 
 
 def rss_mb(pid: int) -> float:
@@ -45,13 +44,14 @@ class Held:
         metadata: tuple[tuple[str, str], ...],
         job_ids: list[str],
         meanwhile: Callable[[], int | None],
+        hold_s: float,
     ) -> None:
         self.rss_before = rss_mb(pid)
         pool = WatcherPool(address, metadata, job_ids, WATCH_PROCESSES)
         opened_at = time.monotonic()
         self.opened = pool.start(timeout_s=600)
         self.open_s = time.monotonic() - opened_at
-        time.sleep(HOLD_S)  # idle: heartbeats only
+        time.sleep(hold_s)  # idle: heartbeats only
         self.rss_after = rss_mb(pid)
         self.seen = meanwhile()
         pool.stop()
@@ -61,18 +61,18 @@ class Held:
         return (self.rss_after - self.rss_before) * 1024 / max(self.opened, 1)
 
 
-def _bare(env: BenchEnv, streams: int) -> Held:
+def _bare(env: BenchEnv, streams: int, hold_s: float) -> Held:
     port = free_port()
     argv = [sys.executable, "-m", "bench.bare_watch_server", str(port)]
     bare = ManagedProcess("bare-watch-server", argv, env.logs / "bare-watch-server.log", cwd=ROOT).start()
     try:
         bare.wait_until(lambda: port_open(port), 30, "serving")
-        return Held(bare.pid, f"127.0.0.1:{port}", (), [f"bare-{i}" for i in range(streams)], lambda: None)
+        return Held(bare.pid, f"127.0.0.1:{port}", (), [f"bare-{i}" for i in range(streams)], lambda: None, hold_s)
     finally:
         bare.stop()
 
 
-def run(env: BenchEnv, streams: int) -> list[Row]:
+def run(env: BenchEnv, streams: int, hold_s: float) -> list[Row]:
     server, address = env.start_server()
 
     async def create() -> list[str]:
@@ -87,8 +87,8 @@ def run(env: BenchEnv, streams: int) -> list[Row]:
     job_ids = asyncio.run(create())
     time.sleep(1)
     clients_before = asyncio.run(_redis_clients(env))
-    ours = Held(server.pid, address, env.metadata, job_ids, lambda: asyncio.run(_redis_clients(env)))
-    bare = _bare(env, streams)
+    ours = Held(server.pid, address, env.metadata, job_ids, lambda: asyncio.run(_redis_clients(env)), hold_s)
+    bare = _bare(env, streams, hold_s)
     return [
         Row(
             "idle WatchProgress streams held by one server process",
