@@ -30,12 +30,12 @@ _SAMPLE = 200
 
 
 def run(env: BenchEnv, jobs: int, finished_jobs: int) -> list[Row]:
-    measured = asyncio.run(_measure(env, jobs, finished_jobs))
+    measured, listpack_value = asyncio.run(_measure(env, jobs, finished_jobs))
     s = env.settings
     # A finished job is kept JOB_TTL_S, its history only the first EVENT_HISTORY_TTL_S of that.
     with_history, without = measured["finished"][0], measured["after"][0]
     retention_average = without + (with_history - without) * s.event_history_ttl_s / s.job_ttl_s
-    redis_setting = f"hash-max-listpack-value {measured.pop('listpack')[0]:.0f}"
+    redis_setting = f"hash-max-listpack-value {listpack_value}"
     what = {
         "queued": (f"Redis memory per queued job, {jobs:,} jobs ({redis_setting})", True),
         "finished": (f"Redis memory per finished job, {finished_jobs:,} jobs, history kept (EVENT_HISTORY_TTL_S)", False),
@@ -65,13 +65,13 @@ def run(env: BenchEnv, jobs: int, finished_jobs: int) -> list[Row]:
     return rows
 
 
-async def _measure(env: BenchEnv, jobs: int, finished_jobs: int) -> dict[str, tuple[float, dict[str, float]]]:
+async def _measure(env: BenchEnv, jobs: int, finished_jobs: int) -> tuple[dict[str, tuple[float, dict[str, float]]], str]:
     """(bytes per job, bytes per job by kind of key) for queued jobs, finished ones, and finished ones
-    whose history has expired."""
+    whose history has expired; and Redis's hash-max-listpack-value."""
     await env.seed([70_000])
     measured = {}
     async with redis_client(env.settings) as redis:
-        measured["listpack"] = (int((await redis.config_get("hash-max-listpack-value"))["hash-max-listpack-value"]), {})
+        listpack_value = (await redis.config_get("hash-max-listpack-value"))["hash-max-listpack-value"]
         store, queue = JobStore(redis, env.settings), JobQueue(env.settings)
         capped = queue.queue.keys["events"]
         empty = await _used(redis, capped)
@@ -98,7 +98,7 @@ async def _measure(env: BenchEnv, jobs: int, finished_jobs: int) -> dict[str, tu
         for start in range(0, len(histories), 1000):
             await redis.delete(*histories[start:start + 1000])
         measured["after"] = ((await _used(redis, capped) - empty) / finished_jobs, await _key_sizes(redis, finished_jobs, capped))
-    return measured
+    return measured, listpack_value
 
 
 async def _create(redis: Redis, store: JobStore, queue: JobQueue, jobs: int) -> None:

@@ -29,8 +29,8 @@ def binary(name: str) -> str:
 
 
 # A job's record (a hash) holds a few values longer than Redis's default 64 bytes (the result, the
-# file ids); one such value turns the whole hash from the compact listpack into a hash table, about
-# 3 x the memory. bullmq's job hashes (options as JSON) likewise. Production Redis gets the same
+# file ids); one such value turns the whole hash from the compact listpack into a hash table, two to
+# three times the memory. bullmq's job hashes (options as JSON) likewise. Production Redis gets the same
 # setting (deploy/).
 MEMORY_ARGS = ["--hash-max-listpack-value", "1024"]
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from jobs import tenants
+from jobs.model import F
 from jobs.settings import Settings
 
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -40,6 +43,12 @@ def artifact_key(deployment: str, tenant_slug: str, job_id: str) -> str:
     tenant's own prefix (for per-tenant lifecycle rules and audits); unguessable through the job id
     (a random UUID), though the bucket serves nothing without a signature anyway."""
     return f"{artifacts_root(deployment)}{tenant_slug}/{job_id}/{artifact_name(job_id)}"
+
+
+def job_artifact_key(deployment: str, record: Mapping[str, str]) -> str:
+    """The artifact key of the job a record (or one of its events) is about: it is not stored, as it
+    follows from the job (the scripts compute the same: jobs/scripts.py)."""
+    return artifact_key(deployment, tenants.tenant_slug(record[F.TENANT]), record[F.ID])
 
 
 def is_missing(error: ClientError) -> bool:

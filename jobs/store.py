@@ -32,7 +32,7 @@ from jobs.multiplex import MultiplexedRedis
 from jobs.replication import Replication
 from jobs.scripts import lua_script
 from jobs.settings import Settings
-from jobs.storage import artifact_key
+from jobs.storage import job_artifact_key
 from jobs.tenants import tenant_slug
 
 Fields = dict[str, str]
@@ -166,8 +166,8 @@ class JobStore:
         return int(await self.redis.llen(self.keys.fresh))
 
     def artifact_key(self, record: Fields) -> str:
-        """Where the job's archive goes in the bucket (Lua computes the same: jobs/scripts.py)."""
-        return artifact_key(self.settings.redis_prefix, tenant_slug(record[F.TENANT]), record[F.ID])
+        """Where the job's archive goes in the bucket."""
+        return job_artifact_key(self.settings.redis_prefix, record)
 
     async def latest_seq(self, job_id: str) -> int:
         return int(await self._commands.hget(self.keys.job(job_id), F.SEQ) or 0)

@@ -19,8 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from jobs.connections import botocore_session, s3_client_kwargs
 from jobs.model import F
 from jobs.settings import Settings
-from jobs.storage import artifact_key, artifact_name
-from jobs.tenants import tenant_slug
+from jobs.storage import artifact_name, job_artifact_key
 from longhaul.download.v1 import download_pb2 as pb
 
 _EVENT_TYPES = {
@@ -61,9 +60,8 @@ class Presigner:
 
     def for_job(self, fields: Mapping[str, str]) -> tuple[str, int]:
         """The URL of a completed job's artifact (from its record or one of its events)."""
-        job_id = fields[F.ID]
-        key = artifact_key(self._deployment, tenant_slug(fields[F.TENANT]), job_id)
-        return self.url(key, artifact_name(job_id), int(fields.get(F.EXPIRE_MS) or 0))
+        key = job_artifact_key(self._deployment, fields)
+        return self.url(key, artifact_name(fields[F.ID]), int(fields.get(F.EXPIRE_MS) or 0))
 
     def url(self, key: str, file_name: str, not_after_ms: int = 0) -> tuple[str, int]:
         """(URL, expiry in epoch ms). A fresh URL lives `presign_ttl_s`, but never past

@@ -61,7 +61,7 @@ class WatchHub:
 
     def subscribe(self, job_id: str) -> Inbox:
         """An inbox for the job's events; the caller must unsubscribe it (a plain pair, not a context
-        manager: its generator would cost every idle stream another half kilobyte)."""
+        manager: its generator and wrapper would cost every idle stream a few hundred bytes more)."""
         inbox = Inbox(_INBOX_SIZE)
         if self._closed:
             inbox.put(SHUTDOWN)  # a watch that slipped in while the server stops
