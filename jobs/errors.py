@@ -30,6 +30,23 @@ class JobAlreadyFinished(JobsError):
         self.state = state
 
 
+class JobNotRetryable(JobsError):
+    """Only a FAILED or CANCELLED job can be run again; what to do instead depends on the state."""
+
+    _INSTEAD = {
+        "QUEUED": "it is waiting for a worker already; watch it with WatchProgress",
+        "RUNNING": "it is running; watch it with WatchProgress, or cancel it first to start it over",
+        "COMPLETED": "its download is ready; GetStatus gives a fresh download URL",
+        "EXPIRED": "its retention has passed and its record is gone; start a new download with InitiateDownload",
+    }
+
+    def __init__(self, job_id: str, state: str) -> None:
+        instead = self._INSTEAD.get(state, "only a FAILED or CANCELLED job can be retried")
+        super().__init__(f"job {job_id} is {state} and cannot be retried: {instead}")
+        self.job_id = job_id
+        self.state = state
+
+
 class QuotaExceeded(JobsError):
     def __init__(self, tenant: str, active: int) -> None:
         super().__init__(

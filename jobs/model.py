@@ -96,13 +96,15 @@ class F:
     RESULT = "result"  # JSON, see worker.pipeline.ArchiveResult.to_json
     ERROR = "error"  # JSON {"code", "message", "retryable"}
     SEQ = "seq"
+    RETRIES = "retries"  # how many times RetryDownload ran the job again; absent until then
+    RETRY_ID = "retry_id"  # the request_id of the last retry, so its repeat is answered (lua/retry.lua); left out of events
     TOKEN = "token"  # the running attempt's fencing token; left out of events
     CALL = "call"  # the last change's call id, so its repeat is answered, not applied (transition.lua); left out of events
     EVENT = "ev"  # only in events: the EventType
 
 
 # Record fields no event and no reader outside the store sees.
-PRIVATE_FIELDS = frozenset({F.FILE_IDS, F.TOKEN, F.CALL, F.TRACEPARENT})
+PRIVATE_FIELDS = frozenset({F.FILE_IDS, F.TOKEN, F.CALL, F.TRACEPARENT, F.RETRY_ID})
 
 
 # Limits of InitiateDownload, from the original HTTP service.

@@ -23,6 +23,7 @@ from jobs.errors import (
     IdempotencyConflict,
     JobAlreadyFinished,
     JobNotFound,
+    JobNotRetryable,
     QuotaExceeded,
     RunSuperseded,
 )
@@ -69,6 +70,7 @@ class JobStore:
         self._create = self._commands.register_script(lua_script("create"))
         self._transition = self._commands.register_script(lua_script("transition"))
         self._forget = self._commands.register_script(lua_script("forget"))
+        self._retry = self._commands.register_script(lua_script("retry"))
         self._replication = Replication(self._commands, settings, self.keys.replication_probe)
         # Call ids: this store's own prefix and a counter (unique, and cheaper than a uuid per call).
         self._caller = uuid.uuid4().hex[:12]
@@ -289,6 +291,41 @@ class JobStore:
             return await self.get(job_id, tenant, with_file_ids=False)
         raise JobAlreadyFinished(job_id, outcome[1])
 
+    async def retry(self, job_id: str, tenant: str, request_id: str = "") -> Fields:
+        """Runs a FAILED or CANCELLED job of `tenant` again under the same id (lua/retry.lua).
+        A repeat of the same retry (same `request_id`) answers the job as it is now. Raises
+        JobNotRetryable in any other state, QuotaExceeded at the tenant's active-jobs limit."""
+        k = self.keys
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.fresh]
+        args = [
+            now_ms(),
+            self.settings.event_history_len,
+            k.events_channel,
+            job_id,
+            tenant,
+            self.new_call(),
+            request_id,
+            self.settings.limits_for(tenant)[0],
+            k.job(""),
+            "retried on request; waiting for a worker",
+        ]
+        outcome = await self._replication.write(f"the retry of job {job_id}", self._retry, keys, args)
+        self.on_write(job_id)
+        if outcome[0] == "ok":
+            metrics.JOBS_RETRIED.inc()
+            metrics.EVENTS_BY_TYPE[EventType.STATE_CHANGED].inc()
+            return json.loads(outcome[2]) | {F.FILE_IDS: outcome[3]}
+        if outcome[0] == "quota":
+            metrics.REFUSED.labels("active_jobs").inc()
+            raise QuotaExceeded(tenant, int(outcome[1]))
+        if outcome[0] == "state":
+            raise JobNotRetryable(job_id, outcome[1])
+        if outcome[0] == "repeated":
+            await self._replication.confirm(f"the retry of job {job_id}")
+            return await self.get(job_id, tenant, with_file_ids=False)
+        # Missing: not found, or only its tombstone is left.
+        raise JobNotRetryable(job_id, (await self.get(job_id, tenant))[F.STATE])
+
     async def _apply(
         self,
         job_id: str,
@@ -345,7 +382,7 @@ def _count(event: EventType, state: str | None, claimed: bool, payload: str) -> 
     now_s = int(record[F.UPDATED_MS]) / 1000
     if claimed:
         metrics.ATTEMPTS.inc()
-        if record[F.ATTEMPTS] == "1":
+        if record[F.ATTEMPTS] == "1" and F.RETRIES not in record:  # a retry's wait is not the queue's
             metrics.JOB_QUEUE_WAIT.observe(max(now_s - int(record[F.CREATED_MS]) / 1000, 0))
         return
     metrics.JOBS_FINISHED.labels(state).inc()

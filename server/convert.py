@@ -115,6 +115,7 @@ def to_job(fields: Mapping[str, str], presigner: Presigner) -> pb.Job:
         bytes_total=int(fields.get(F.BYTES_TOTAL, 0)),
         message=fields.get(F.MESSAGE, ""),
         attempts=int(fields.get(F.ATTEMPTS, 0)),
+        retries=int(fields.get(F.RETRIES, 0)),
         worker=fields.get(F.WORKER, ""),
         priority=_PRIORITIES.get(fields.get(F.PRIORITY, ""), pb.PRIORITY_UNSPECIFIED),
         request_id=fields.get(F.REQUEST_ID, ""),

@@ -83,6 +83,12 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
         return pb.CancelDownloadResponse(job=to_job(fields, self._presigner))
 
     @grpc_errors
+    async def RetryDownload(self, request: pb.RetryDownloadRequest, context: Any) -> pb.RetryDownloadResponse:
+        job_id, request_id = validation.retry(request)
+        fields = await self._store.retry(job_id, tenant(), request_id)
+        return pb.RetryDownloadResponse(job=to_job(fields, self._presigner))
+
+    @grpc_errors
     async def ListDownloads(self, request: pb.ListDownloadsRequest, context: Any) -> pb.ListDownloadsResponse:
         page_size, page_token = validation.page(request)
         jobs, next_token = await self._store.list(tenant(), page_size, page_token)

@@ -53,22 +53,37 @@ def initiate(request: pb.InitiateDownloadRequest) -> tuple[list[int], str, Prior
             seen.add(file_id)
             if len(violations) >= 10:
                 break
-    request_id = request.request_id
-    if request_id and (len(request_id) > MAX_REQUEST_ID_LEN or not _REQUEST_ID.fullmatch(request_id)):
-        violations.append(
-            (
-                "request_id",
-                f"use up to {MAX_REQUEST_ID_LEN} letters, digits and . _ : - (a UUID is ideal), "
-                f"got {_shown(request_id)}",
-            )
-        )
+    violations += _request_id_violations(request.request_id)
     priority = _PRIORITIES.get(request.priority)
     if priority is None:
         violations.append(("priority", f"unknown priority {request.priority}"))
     if violations:
         raise InvalidRequest(violations)
     assert priority is not None
-    return file_ids, request_id, priority
+    return file_ids, request.request_id, priority
+
+
+def _request_id_violations(request_id: str) -> list[tuple[str, str]]:
+    if not request_id or (len(request_id) <= MAX_REQUEST_ID_LEN and _REQUEST_ID.fullmatch(request_id)):
+        return []
+    return [
+        (
+            "request_id",
+            f"use up to {MAX_REQUEST_ID_LEN} letters, digits and . _ : - (a UUID is ideal), got {_shown(request_id)}",
+        )
+    ]
+
+
+def retry(request: pb.RetryDownloadRequest) -> tuple[str, str]:
+    """(job id, request id)."""
+    violations = _request_id_violations(request.request_id)
+    try:
+        valid_job_id = job_id(request.job_id)
+    except InvalidRequest as error:
+        violations = error.violations + violations
+    if violations:
+        raise InvalidRequest(violations)
+    return valid_job_id, request.request_id
 
 
 def job_id(value: str, field: str = "job_id") -> str:

@@ -32,15 +32,8 @@ if with_request_id then
 end
 
 local limit = tonumber(ARGV[8])
-if limit > 0 and redis.call("SCARD", KEYS[3]) >= limit then
-  -- Members normally leave when their job ends (transition.lua); this drops any whose record is
-  -- gone or over another way (forgotten, expired), so a stray member cannot eat the quota for good.
-  -- It reads job keys it was not given: fine on one Redis, as bullmq's own scripts do.
-  for _, member in ipairs(redis.call("SMEMBERS", KEYS[3])) do
-    local state = redis.call("HGET", ARGV[9] .. member, F.STATE)
-    if not state or TERMINAL[state] then redis.call("SREM", KEYS[3], member) end
-  end
-  local active = redis.call("SCARD", KEYS[3])
+if limit > 0 then
+  local active = active_jobs(KEYS[3], limit, ARGV[9])
   if active >= limit then return {"quota", tostring(active)} end
 end
 

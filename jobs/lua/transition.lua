@@ -1,6 +1,7 @@
 -- Applies one change to a live job, appends it to the job's history and publishes it, atomically.
--- A finished job never changes again, and a run whose token is stale (the job was taken over by
--- another worker) cannot write: that is what makes the result exactly-once.
+-- A finished job never changes here again (only retry.lua reopens one, as a new run), and a run
+-- whose token is stale (the job was taken over by another worker) cannot write: that is what makes
+-- the result exactly-once.
 -- A job that ends schedules the deletion of its artifact (whether or not one was written: a
 -- superseded run may still finish an upload) for when the job expires.
 -- A job that ends also leaves its tenant's active set (the quota), named by the record's tenant_key,
@@ -54,16 +55,7 @@ end
 local seq = redis.call("HINCRBY", KEYS[1], F.SEQ, 1)
 redis.call("HSET", KEYS[1], unpack(fields))
 
-local all = redis.call("HGETALL", KEYS[1])
-local event = {[F.EVENT] = ARGV[4]}
-for i = 1, #all, 2 do
-  local k = all[i]
-  if not PRIVATE[k] then event[k] = all[i + 1] end
-end
-local payload = cjson.encode(event)
-redis.call("RPUSH", KEYS[2], payload)
-redis.call("LTRIM", KEYS[2], -tonumber(ARGV[2]), -1)
-redis.call("PUBLISH", ARGV[3], ARGV[9] .. CHANNEL_SEPARATOR .. payload)
+local payload = record_event(KEYS[1], KEYS[2], ARGV[9], ARGV[4], ARGV[2], ARGV[3])
 if new_state and TERMINAL[new_state] then
   -- No run writes to a finished job again, so its fencing token is dead weight for a day.
   redis.call("HDEL", KEYS[1], F.TOKEN)

@@ -21,7 +21,7 @@ from longhaul_client.download import fetch_to_file
 from longhaul_client.errors import LonghaulError, Unavailable, from_rpc_error, job_error
 
 DEFAULT_TARGET = "127.0.0.1:8080"  # Envoy, which also speaks native gRPC
-# The states a job never leaves, as the contract marks them (the `terminal` option; Any: the
+# The states that end a run (only a retry takes a job out of one), as the contract marks them (the `terminal` option; Any: the
 # generated stubs type the extension as a plain field).
 TERMINAL_STATES = frozenset(
     v.number for v in pb.JobState.DESCRIPTOR.values if cast(Any, v.GetOptions()).Extensions[pb.terminal]
@@ -30,8 +30,8 @@ PRIORITIES = {"low": pb.PRIORITY_LOW, "normal": pb.PRIORITY_NORMAL, "high": pb.P
 
 # Unary calls that fail with UNAVAILABLE (a server restarting, a replica going away) are retried by
 # gRPC itself, and so are those answered CANCELLED: gRPC's answer to a call that reaches a server as
-# it begins to stop (grpc/grpc#41785). Every call here is safe to repeat: InitiateDownload always
-# carries a request id, and cancelling a cancelled job returns it.
+# it begins to stop (grpc/grpc#41785). Every call here is safe to repeat: InitiateDownload and
+# RetryDownload always carry a request id, and cancelling a cancelled job returns it.
 _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
@@ -138,6 +138,12 @@ class AsyncClient:
 
     async def cancel(self, job_id: str) -> pb.Job:
         return (await self._call(self._stub.CancelDownload, pb.CancelDownloadRequest(job_id=job_id))).job
+
+    async def retry(self, job_id: str, *, request_id: str | None = None) -> pb.Job:
+        """Runs a FAILED or CANCELLED job again under the same id; with the same `request_id`
+        (generated if not given) a repeat returns the job without retrying it twice."""
+        request = pb.RetryDownloadRequest(job_id=job_id, request_id=request_id or str(uuid.uuid4()))
+        return (await self._call(self._stub.RetryDownload, request)).job
 
     async def list(self, *, page_size: int = 100, limit: int | None = None) -> AsyncGenerator[pb.Job, None]:
         """Jobs, newest first, across pages."""

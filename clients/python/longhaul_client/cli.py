@@ -1,4 +1,4 @@
-"""`longhaul`: start, watch, fetch, cancel and list downloads from a terminal or a script.
+"""`longhaul`: start, watch, fetch, cancel, retry and list downloads from a terminal or a script.
 
 Exit codes (stable, for scripts):
   0  done                          4  the job was cancelled or has expired
@@ -129,6 +129,19 @@ async def cmd_download(session: Session) -> int:
     job = await session.client.initiate(args.file_ids, request_id=args.request_id, priority=args.priority)
     session.job_id = job.job_id
     session.note(f"job {job.job_id} started; if interrupted, resume with: longhaul watch {job.job_id}")
+    return await see_through(session, job)
+
+
+async def cmd_retry(session: Session) -> int:
+    job = await session.client.retry(session.args.job_id)
+    session.job_id = job.job_id
+    session.note(f"job {job.job_id} queued again (retry {job.retries}); if interrupted, resume with: longhaul watch {job.job_id}")
+    return await see_through(session, job)
+
+
+async def see_through(session: Session, job: pb.Job) -> int:
+    """Watches a job just started to its end and fetches its archive, unless told not to."""
+    args = session.args
     if args.no_wait:
         return session.finish(job)
     job = await session.follow(job.job_id)
@@ -208,14 +221,17 @@ def parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
+    def seen_through(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("-o", "--output", help="where to save the archive (default: its own name)")
+        sub.add_argument("--no-wait", action="store_true", help="print the job and return at once")
+        sub.add_argument("--no-file", action="store_true", help="wait for the job but do not fetch the archive")
+        sub.add_argument("--cancel-on-interrupt", action="store_true", help="cancel the job on Ctrl-C")
+
     download = command("download", cmd_download, "start a download, watch it, and fetch the archive")
     download.add_argument("file_ids", nargs="+", type=int, metavar="FILE_ID")
-    download.add_argument("-o", "--output", help="where to save the archive (default: its own name)")
     download.add_argument("--request-id", help="idempotency key: the same key returns the same job")
     download.add_argument("--priority", choices=sorted(PRIORITIES), default="normal")
-    download.add_argument("--no-wait", action="store_true", help="print the job and return at once")
-    download.add_argument("--no-file", action="store_true", help="wait for the job but do not fetch the archive")
-    download.add_argument("--cancel-on-interrupt", action="store_true", help="cancel the job on Ctrl-C")
+    seen_through(download)
 
     watch = command("watch", cmd_watch, "watch a job until it ends (JSON lines of events with --json)")
     watch.add_argument("job_id")
@@ -230,6 +246,9 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     cancel = command("cancel", cmd_cancel, "cancel a job")
     cancel.add_argument("job_id")
+    retry = command("retry", cmd_retry, "run a failed or cancelled job again, watch it, and fetch the archive")
+    retry.add_argument("job_id")
+    seen_through(retry)
     listing = command("list", cmd_list, "list jobs, newest first")
     listing.add_argument("--limit", type=int, default=20)
     check = command("check", cmd_check, "is a file available?")

@@ -63,6 +63,9 @@ class Client:
     def cancel(self, job_id: str) -> pb.Job:
         return self._run(self._client.cancel(job_id))
 
+    def retry(self, job_id: str, *, request_id: str | None = None) -> pb.Job:
+        return self._run(self._client.retry(job_id, request_id=request_id))
+
     def list(self, *, page_size: int = 100, limit: int | None = None) -> Iterator[pb.Job]:
         return self._iterate(self._client.list(page_size=page_size, limit=limit))
 

@@ -96,7 +96,7 @@ class Download {
     actions.append(this.cancel, this.retry, this.link, this.remove);
     this.card.append(head, this.bar, this.detail, this.message, actions);
     this.cancel.addEventListener("click", () => this.onCancel());
-    this.retry.addEventListener("click", () => void start(this.fileIds, this));
+    this.retry.addEventListener("click", () => void this.onRetry());
     this.remove.addEventListener("click", () => this.forget());
     this.render();
   }
@@ -147,6 +147,22 @@ class Download {
       this.connection = `Could not cancel: ${ConnectError.from(thrown).rawMessage}`;
     }
     this.cancel.disabled = false;
+    this.render();
+  }
+
+  private async onRetry(): Promise<void> {
+    // An expired job's record is gone: only a new job can fetch those files again.
+    if (this.job?.state === JobState.EXPIRED) return start(this.fileIds, this);
+    this.retry.disabled = true;
+    try {
+      const reply = await client.retryDownload({ jobId: this.jobId, requestId: crypto.randomUUID() });
+      if (reply.job) this.job = reply.job;
+      this.connection = "";
+      this.follow(); // the last watch ended with the job; the retry's events follow lastSeq
+    } catch (thrown) {
+      this.connection = `Could not retry: ${explain(thrown)}`;
+    }
+    this.retry.disabled = false;
     this.render();
   }
 
