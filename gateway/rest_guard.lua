@@ -22,11 +22,13 @@ local MAX_BODY_BYTES = 65536
 -- not body fields. tests/gateway/test_rest_contract.py holds this table to the contract.
 local INITIATE = {file_ids = "array", request_id = "string", priority = "string number"}
 local CHECK = {file_id = "number string"}
+local RETRY = {request_id = "string"}
 local NONE = {}
 local function body_fields(path)
   if path == "/v1/download/initiate" then return INITIATE end
   if path == "/v1/download/check" then return CHECK end
   if path:match("^/v1/download/[^/]+:cancel$") or path:match("^/v1/operations/.+:cancel$") then return NONE end
+  if path:match("^/v1/download/[^/]+:retry$") then return RETRY end
   return nil -- not a POST with a body of ours: the transcoder answers it
 end
 

@@ -3,12 +3,17 @@
 bullmq only carries the job id; the job itself lives in the job store. bullmq provides the
 at-least-once delivery: a job whose worker dies is moved back to waiting when its lock lapses
 (lock_ms, checked every stalled_check_ms) and another worker takes it.
+
+Each run of a job (its first, and one per RetryDownload) has an entry of its own, so that a retry
+never meets the entry of the run before it, which bullmq may still hold for a moment after that run
+ended (and then deletes), or which still waits when a queued job was cancelled (a worker skips it).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bullmq import Queue, Worker
@@ -29,6 +34,27 @@ JOB_NAME = "download"
 _DELIVERY_ATTEMPTS = 10
 
 
+def entry_id(job_id: str, retries: int) -> str:
+    """The bullmq id of the entry of a job's run after `retries` retries: enqueueing the same run
+    twice adds it once."""
+    return f"{job_id}.{retries}" if retries else job_id
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    job_id: str
+    priority: Priority
+    retries: int = 0  # the run's: how many retries came before it
+
+    @property
+    def id(self) -> str:
+        return entry_id(self.job_id, self.retries)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"job_id": self.job_id} | ({"retries": self.retries} if self.retries else {})
+
+
 class JobQueue:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -42,23 +68,21 @@ class JobQueue:
             self._queue = Queue(self.settings.queue_name, self._options)
         return self._queue
 
-    async def enqueue(self, job_id: str, priority: Priority) -> None:
-        await self.queue.add(JOB_NAME, {"job_id": job_id}, _options(job_id, priority))
+    async def enqueue(self, entry: QueueEntry) -> None:
+        await self.queue.add(JOB_NAME, entry.data, _options(entry))
 
-    async def enqueue_many(self, jobs: list[tuple[str, Priority]]) -> None:
+    async def enqueue_many(self, entries: list[QueueEntry]) -> None:
         """One round trip (a MULTI pipeline of bullmq's add script) for all of them."""
-        await self.queue.addBulk(
-            [{"name": JOB_NAME, "data": {"job_id": job_id}, "opts": _options(job_id, priority)} for job_id, priority in jobs]
-        )
+        await self.queue.addBulk([{"name": JOB_NAME, "data": entry.data, "opts": _options(entry)} for entry in entries])
 
     async def counts(self) -> dict[str, int]:
         """Entries by bullmq state. Every entry has a priority, so the waiting ones are in the sorted
         set `…:prioritized`, not in the list `…:wait`; delayed ones wait out a redelivery back-off."""
         return await self.queue.getJobCounts("waiting", "prioritized", "delayed", "active")
 
-    async def remove(self, job_id: str) -> None:
-        """Removes a finished (failed) entry, so that the job id can be enqueued again."""
-        await self.queue.remove(job_id)
+    async def remove(self, entry: QueueEntry) -> None:
+        """Removes a finished (failed) entry, so that it can be enqueued again."""
+        await self.queue.remove(entry.id)
 
     def worker(self, processor: Callable[[Any, str], Awaitable[Any]], name: str) -> Worker:
         s = self.settings
@@ -101,11 +125,10 @@ class JobQueue:
             await self.connection_pool.disconnect()  # bullmq's clients do not close a pool they were given
 
 
-def _options(job_id: str, priority: Priority) -> dict[str, Any]:
-    # The queue entry's id is the job id: enqueueing the same job twice adds it once.
+def _options(entry: QueueEntry) -> dict[str, Any]:
     return {
-        "jobId": job_id,
-        "priority": QUEUE_PRIORITY[priority],
+        "jobId": entry.id,
+        "priority": QUEUE_PRIORITY[entry.priority],
         "removeOnComplete": True,
         "removeOnFail": {"count": 1000},
         # Our processor raises only when Redis failed it (a claim or a hand-back that could not be

@@ -217,9 +217,9 @@ class JobStore:
 
     # -- changing ------------------------------------------------------------------------------
 
-    async def claim(self, job_id: str, worker: str, token: str) -> Fields | None:
-        """A worker takes the job: RUNNING, a new attempt fenced by `token`; returns the record with
-        its file ids, or None if the job is over."""
+    async def claim(self, job_id: str, worker: str, token: str, retries: int = 0) -> Fields | None:
+        """A worker takes the job's run that follows `retries` retries: RUNNING, a new attempt fenced
+        by `token`; returns the record with its file ids, or None if that run is over."""
         outcome = await self._apply(
             job_id,
             {
@@ -231,6 +231,7 @@ class JobStore:
             },
             EventType.STATE_CHANGED,
             claim_token=token,
+            expect_retries=str(retries),
         )
         if outcome[0] != "ok":
             return None
@@ -336,6 +337,7 @@ class JobStore:
         expect_tenant: str = "",
         call: str = "",
         durable: bool = False,
+        expect_retries: str = "",
     ) -> builtins.list[Any]:
         """Runs the transition script; `durable`: answers once the change is as replicated as the
         settings ask (replication.py), for changes a user was told of."""
@@ -353,6 +355,7 @@ class JobStore:
             expect_tenant,
             call or self.new_call(),
             min(s.job_ttl_s, s.event_history_ttl_s),
+            expect_retries,
         ]
         for name, value in fields.items():
             args += [name, value]

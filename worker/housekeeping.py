@@ -20,7 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from jobs.model import TERMINAL_STATES, F, Priority, State
-from jobs.queue import JobQueue
+from jobs.queue import JobQueue, QueueEntry, entry_id
 from jobs.schedule import Schedule
 from jobs.settings import Settings
 from jobs.store import JobStore, now_ms
@@ -94,36 +94,43 @@ class Housekeeper:
         keys = self._store.keys
         queue = self.settings.queue_name
         while job_ids := await self._live.claim_due(now_ms() - grace_ms, _BATCH, self._lease_ms + grace_ms):
+            # Each job's current run has its own queue entry, named by the record's retries (queue.py).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hget(keys.job(job_id), F.RETRIES)
+                runs = [int(retries or 0) for retries in await pipe.execute()]
             # A transaction: each record and its queue entry as of the same instant (a worker ends
             # the record before it removes the entry, so a finishing job never looks lost).
             async with self._redis.pipeline(transaction=True) as pipe:
-                for job_id in job_ids:
-                    pipe.hmget(keys.job(job_id), F.STATE, F.PRIORITY, F.TOKEN)
-                    pipe.hmget(keys.queue_job(queue, job_id), "timestamp", "finishedOn")
+                for job_id, run in zip(job_ids, runs, strict=True):
+                    pipe.hmget(keys.job(job_id), F.STATE, F.PRIORITY, F.TOKEN, F.RETRIES)
+                    pipe.hmget(keys.queue_job(queue, entry_id(job_id, run)), "timestamp", "finishedOn")
                 replies = await pipe.execute()
             over: list[str] = []
-            for job_id, (state, priority, token), (queued_ms, finished_ms) in zip(
-                job_ids, replies[::2], replies[1::2], strict=True
+            for job_id, run, (state, priority, token, retries), (queued_ms, finished_ms) in zip(
+                job_ids, runs, replies[::2], replies[1::2], strict=True
             ):
                 if state is None or state in TERMINAL_STATES:
                     over.append(job_id)  # ended (or forgotten) since it was scheduled
+                elif int(retries or 0) != run:
+                    pass  # retried since its entry was looked up: checked again when its lease ends
                 elif queued_ms is None or finished_ms is not None:
-                    failed = finished_ms is not None
-                    repaired += await self._put_back(job_id, state, token or "", Priority(priority or Priority.NORMAL), failed)
+                    entry = QueueEntry(job_id, Priority(priority or Priority.NORMAL), run)
+                    repaired += await self._put_back(entry, state, token or "", failed=finished_ms is not None)
                 # else the queue holds it: checked again when its lease ends
             await self._live.done(over)
             if len(job_ids) < _BATCH:
                 break
         return repaired
 
-    async def _put_back(self, job_id: str, state: str, token: str, priority: Priority, failed: bool) -> bool:
-        entry = "failed" if failed else "is missing"
+    async def _put_back(self, entry: QueueEntry, state: str, token: str, failed: bool) -> bool:
         if state == State.RUNNING:
             message = "its worker could not record how the run ended; waiting for a worker to start it again"
-            if not await self._store.hand_back(job_id, token, message):
+            if not await self._store.hand_back(entry.job_id, token, message):
                 return False  # taken by another run, or over, since it was read
         if failed:
-            await self._queue.remove(job_id)  # bullmq adds a job id only once
-        await self._queue.enqueue(job_id, priority)
-        log.warning("job %s was %s but its queue entry %s; put it back in the queue", job_id, state, entry)
+            await self._queue.remove(entry)  # bullmq adds an entry id only once
+        await self._queue.enqueue(entry)
+        what = "failed" if failed else "is missing"
+        log.warning("job %s was %s but its queue entry %s; put it back in the queue", entry.job_id, state, what)
         return True

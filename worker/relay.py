@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from jobs.keys import FRESH_SEPARATOR, Keys
 from jobs.model import Priority
-from jobs.queue import JobQueue
+from jobs.queue import JobQueue, QueueEntry
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,10 @@ _BLOCK_S = 5
 _BACKOFF_CAP_S = 5.0
 
 
-def _parse(entry: str) -> tuple[str, Priority]:
-    job_id, _, priority = entry.partition(FRESH_SEPARATOR)
-    return job_id, Priority(priority)
+def _parse(entry: str) -> QueueEntry:
+    """"{id} {priority}" from a create, "{id} {priority} {retries}" from a retry."""
+    job_id, priority, *retries = entry.split(FRESH_SEPARATOR)
+    return QueueEntry(job_id, Priority(priority), int(retries[0]) if retries else 0)
 
 
 class Relay:
@@ -43,7 +44,7 @@ class Relay:
         # command can leave the task hanging for good (redis/redis-py#2579).
         self._wake = keys.relay_wake(uuid.uuid4().hex)
         self._queue = queue
-        self._batch: list[tuple[str, Priority]] = []  # taken from the list, not yet in the queue
+        self._batch: list[QueueEntry] = []  # taken from the list, not yet in the queue
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 

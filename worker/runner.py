@@ -165,9 +165,9 @@ class WorkerRunner:
         bind(job_id=job_id)  # this task's log lines, and its run's
         await self._stop_earlier_run(job_id)
         run_token = uuid.uuid4().hex
-        record = await self._store.claim(job_id, self.name, run_token)
+        record = await self._store.claim(job_id, self.name, run_token, queue_job.data.get("retries", 0))
         if record is None:
-            log.info("job %s is already over (cancelled, finished or expired); skipping", job_id)
+            log.info("job %s is already over (cancelled, finished, expired or retried since); skipping", job_id)
             return
         bind(tenant=record.get(F.TENANT, ""))
         attempt = int(record[F.ATTEMPTS])

@@ -25,8 +25,11 @@ if with_request_id then
     if other_fp ~= fingerprint then return {"conflict", other_id} end
     -- A repeated request for a job still queued hands it to the relay again: a no-op when the
     -- queue has it (bullmq adds a job id once), the repair when it was lost on its way.
-    local other = redis.call("HMGET", ARGV[9] .. other_id, F.STATE, F.PRIORITY)
-    if other[1] == STATE.QUEUED then redis.call("RPUSH", KEYS[5], other_id .. FRESH_SEPARATOR .. other[2]) end
+    local other = redis.call("HMGET", ARGV[9] .. other_id, F.STATE, F.PRIORITY, F.RETRIES)
+    if other[1] == STATE.QUEUED then
+      local run = other[3] and (FRESH_SEPARATOR .. other[3]) or ""  -- after a retry: its run's entry
+      redis.call("RPUSH", KEYS[5], other_id .. FRESH_SEPARATOR .. other[2] .. run)
+    end
     return {"exists", other_id}
   end
 end

@@ -28,7 +28,7 @@ redis.call("HSET", KEYS[1], F.STATE, STATE.QUEUED, F.PHASE, PHASE.QUEUED, F.PERC
   F.BYTES_DONE, "0", F.BYTES_TOTAL, "0", F.ATTEMPTS, "0", F.MESSAGE, ARGV[10], F.UPDATED_MS, ARGV[1],
   F.CALL, ARGV[6])
 if ARGV[7] ~= "" then redis.call("HSET", KEYS[1], F.RETRY_ID, ARGV[7]) end
-redis.call("HINCRBY", KEYS[1], F.RETRIES, 1)
+local retries = redis.call("HINCRBY", KEYS[1], F.RETRIES, 1)
 local seq = redis.call("HINCRBY", KEYS[1], F.SEQ, 1)
 redis.call("PERSIST", KEYS[1])
 redis.call("PERSIST", KEYS[2])
@@ -36,7 +36,8 @@ redis.call("DEL", KEYS[3])
 redis.call("ZREM", KEYS[4], artifact_key(tenant_key, ARGV[4]))
 redis.call("SADD", tenant_key .. ACTIVE_SUFFIX, ARGV[4])
 redis.call("ZADD", KEYS[5], ARGV[1], ARGV[4])
-redis.call("RPUSH", KEYS[6], ARGV[4] .. FRESH_SEPARATOR .. job[6])
+-- The new run's queue entry is its own (jobs/queue.py), whatever became of the last run's.
+redis.call("RPUSH", KEYS[6], ARGV[4] .. FRESH_SEPARATOR .. job[6] .. FRESH_SEPARATOR .. retries)
 local payload = record_event(KEYS[1], KEYS[2], ARGV[4], EVENT_TYPE.STATE_CHANGED, ARGV[2], ARGV[3])
 -- The answer is the whole job, as GetStatus gives it: the event leaves out the file ids.
 return {"ok", seq, payload, redis.call("HGET", KEYS[1], F.FILE_IDS)}

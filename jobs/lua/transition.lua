@@ -8,10 +8,11 @@
 -- and the live jobs the reconciler checks.
 -- KEYS: job, events, tombstone, sweep, live jobs
 -- ARGV: now_ms, history_len, channel, event_type, expect_token ("" = any), claim_token ("" = none),
---       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), call, history_ttl_s, field, value, ...
+--       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), call, history_ttl_s,
+--       expect_retries ("" = any: the claim's run), field, value, ...
 -- Returns {"ok", seq, payload[, file_ids on a claim]} | {"missing"} | {"finished", state} | {"fenced"}
 -- Another tenant's job is "missing": callers cannot tell it from one that does not exist.
-local current = redis.call("HMGET", KEYS[1], F.STATE, F.TENANT, F.CALL, F.SEQ)
+local current = redis.call("HMGET", KEYS[1], F.STATE, F.TENANT, F.CALL, F.SEQ, F.RETRIES)
 local state = current[1]
 if not state then return {"missing"} end
 if ARGV[10] ~= "" and current[2] ~= ARGV[10] then return {"missing"} end
@@ -34,13 +35,15 @@ if current[3] == call then
   return answer(tonumber(current[4]), redis.call("LINDEX", KEYS[2], -1) or "")
 end
 if TERMINAL[state] then return {"finished", state} end
+-- A claim from the queue entry of a run before the job's last retry (jobs/queue.py): that run is over.
+if ARGV[13] ~= "" and (current[5] or "0") ~= ARGV[13] then return {"finished", state} end
 if expect_token ~= "" and redis.call("HGET", KEYS[1], F.TOKEN) ~= expect_token then
   return {"fenced"}
 end
 
 local fields = {F.UPDATED_MS, ARGV[1], F.CALL, call}
 local new_state = nil
-for i = 13, #ARGV, 2 do
+for i = 14, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
   if ARGV[i] == F.STATE then new_state = ARGV[i + 1] end

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from longhaul.download.v1 import download_pb2 as pb
-from longhaul_client import AsyncClient, Client, InvalidArgument, JobFailed, LonghaulError, NotFound
+from longhaul_client import AsyncClient, Client, FailedPrecondition, InvalidArgument, JobFailed, LonghaulError, NotFound
 from server.app import LonghaulServer
 from tests.conftest import LARGE_IDS, MISSING_IDS, SMALL_IDS
 from tests.credentials import TOKEN
@@ -91,6 +91,21 @@ async def test_a_failed_job_raises_job_failed_with_its_reason(client) -> None:
     assert isinstance(failed.value, LonghaulError) and failed.value.code == grpc.StatusCode.ABORTED
     assert failed.value.job.error.code == pb.JOB_ERROR_CODE_ALL_FILES_MISSING
     assert "ALL_FILES_MISSING" in str(failed.value)
+
+
+async def test_a_failed_job_runs_again_under_its_id_when_retried(client) -> None:
+    job = await client.initiate(MISSING_IDS)
+    with pytest.raises(JobFailed):
+        await client.wait(job.job_id)
+    retried = await client.retry(job.job_id, request_id="again-1")
+    assert (retried.job_id, retried.state, retried.retries) == (job.job_id, pb.JOB_STATE_QUEUED, 1)
+    assert (await client.retry(job.job_id, request_id="again-1")).retries == 1, "a repeat retries once"
+    with pytest.raises(JobFailed):  # its files are still missing
+        await client.wait(job.job_id)
+    done = await client.status(job.job_id)
+    assert (done.attempts, done.retries) == (1, 1)
+    with pytest.raises(FailedPrecondition):
+        await client.retry((await client.wait((await client.initiate(SMALL_IDS[:1])).job_id)).job_id)
 
 
 async def test_rpc_errors_are_typed_and_carry_the_bad_fields(client) -> None:

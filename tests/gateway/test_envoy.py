@@ -112,7 +112,7 @@ def test_rest_download_from_initiate_to_file(gateway) -> None:
     assert len(archive) == int(status_body["job"]["result"]["sizeBytes"])
 
 
-def test_rest_check_list_and_cancel(gateway) -> None:
+def test_rest_check_list_cancel_and_retry(gateway) -> None:
     status, _, body = rest(gateway.port, "POST", "/v1/download/check", {"file_id": SMALL_IDS[0]})
     assert status == 200 and body["available"] is True and body["objectKey"] == f"downloads/{SMALL_IDS[0]}.zip"
     status, _, body = rest(gateway.port, "POST", "/v1/download/check", {"file_id": MISSING_IDS[0]})
@@ -124,6 +124,12 @@ def test_rest_check_list_and_cancel(gateway) -> None:
     assert status == 200 and cancelled["job"]["state"] == "JOB_STATE_CANCELLED"
     status, _, again = rest(gateway.port, "POST", f"/v1/download/{job_id}:cancel", {})
     assert status == 200
+
+    status, _, retried = rest(gateway.port, "POST", f"/v1/download/{job_id}:retry", {"request_id": "rest-retry"})
+    assert status == 200 and retried["job"]["jobId"] == job_id and retried["job"]["retries"] == 1, retried
+    assert retried["job"]["state"] in ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING", "JOB_STATE_COMPLETED")
+    status, _, refused = rest(gateway.port, "POST", f"/v1/download/{job_id}:retry", {})
+    assert status == 400 and "cannot be retried" in refused["message"], refused
 
     status, _, listed = rest(gateway.port, "GET", "/v1/download/jobs?page_size=1")
     assert status == 200 and len(listed["jobs"]) == 1 and listed["nextPageToken"]

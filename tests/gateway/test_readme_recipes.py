@@ -34,7 +34,7 @@ def run(command: str, cwd, **env: str) -> subprocess.CompletedProcess[str]:
 
 class Jobs:
     """Job ids for the recipes: a finished one to watch and fetch, a fresh running one to cancel or
-    delete."""
+    delete, a cancelled one to retry."""
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -44,7 +44,10 @@ class Jobs:
     def fill(self, command: str, target: str) -> str:
         if "JOB_ID" in command:
             job_id = self.finished
-            if any(verb in command for verb in ("Cancel", "cancel", "Delete", "DELETE")):
+            if any(verb in command for verb in ("Retry", "retry")):
+                with Client(self.address, token=TOKEN) as client:
+                    job_id = client.cancel(client.initiate(SMALL_IDS[2:4]).job_id).job_id
+            elif any(verb in command for verb in ("Cancel", "cancel", "Delete", "DELETE")):
                 with Client(self.address, token=TOKEN) as client:
                     job_id = client.initiate(SMALL_IDS[2:4]).job_id
             command = command.replace("JOB_ID", job_id)

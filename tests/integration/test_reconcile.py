@@ -11,7 +11,7 @@ from bullmq.custom_errors import UnrecoverableError
 from jobs.connections import redis_client
 from jobs.errors import RunSuperseded
 from jobs.model import F, Priority, State
-from jobs.queue import JobQueue
+from jobs.queue import JobQueue, QueueEntry
 from jobs.store import JobStore
 from tests.conftest import SMALL_IDS
 from tests.credentials import TENANT
@@ -48,7 +48,7 @@ async def test_a_running_job_whose_queue_entry_failed_is_handed_back_and_its_run
     store, queue, housekeeper = parts
     fields, _ = await store.create(TENANT, SMALL_IDS[:2])
     job_id = fields[F.ID]
-    await queue.enqueue(job_id, Priority.NORMAL)
+    await queue.enqueue(QueueEntry(job_id, Priority.NORMAL))
     await store.redis.delete(store.keys.fresh)  # enqueued here, not by a relay
     assert await store.claim(job_id, "lost-worker", "lost-run") is not None
     await fail_in_queue(queue, job_id)
@@ -72,7 +72,7 @@ async def test_a_queued_job_whose_queue_entry_failed_or_vanished_is_enqueued_aga
     store, queue, housekeeper = parts
     failed, vanished = [(await store.create(TENANT, SMALL_IDS[:1]))[0][F.ID] for _ in range(2)]
     await store.redis.delete(store.keys.fresh)
-    await queue.enqueue(failed, Priority.NORMAL)
+    await queue.enqueue(QueueEntry(failed, Priority.NORMAL))
     await fail_in_queue(queue, failed)  # its claim never reached Redis: the record is still QUEUED
 
     assert await housekeeper.reconcile() == 2
@@ -85,7 +85,7 @@ async def test_healthy_and_finished_jobs_are_left_alone(parts) -> None:
     store, queue, housekeeper = parts
     queued, running, cancelled = [(await store.create(TENANT, SMALL_IDS[:1]))[0][F.ID] for _ in range(3)]
     for job_id in (queued, running):
-        await queue.enqueue(job_id, Priority.NORMAL)
+        await queue.enqueue(QueueEntry(job_id, Priority.NORMAL))
     await store.claim(running, "busy-worker", "its-run")
     await store.cancel(cancelled, TENANT)
 
@@ -94,3 +94,16 @@ async def test_healthy_and_finished_jobs_are_left_alone(parts) -> None:
     assert await store.report(running, "its-run", {F.PERCENT: 50}), "the running job's run still owns it"
     live = await store.redis.zrange(store.keys.live, 0, -1)
     assert sorted(live) == sorted([queued, running]), "checked again later; the cancelled job left at once"
+
+
+async def test_a_retried_job_whose_run_never_reached_the_queue_gets_that_runs_entry(parts) -> None:
+    store, queue, housekeeper = parts
+    job_id = (await store.create(TENANT, SMALL_IDS[:1]))[0][F.ID]
+    await queue.enqueue(QueueEntry(job_id, Priority.NORMAL))  # the first run's entry, still waiting
+    await store.cancel(job_id, TENANT)
+    await store.retry(job_id, TENANT)
+    await store.redis.delete(store.keys.fresh)  # the relay lost the retry's entry
+
+    assert await housekeeper.reconcile() == 1, "the first run's entry does not stand for the retry's"
+    assert await queue.queue.getJobState(f"{job_id}.1") == "prioritized"
+    assert await housekeeper.reconcile() == 0

@@ -77,6 +77,18 @@ async def test_a_cancelled_job_retried_before_any_worker_took_it_runs_once(make_
     check_archive(done, SMALL_IDS[:2])
 
 
+async def test_a_job_retried_the_moment_it_failed_runs_at_once(make_stack) -> None:
+    """Its last run's queue entry is still there for a moment after the failure is written; the
+    retry's run has an entry of its own, so it does not wait for the reconciler (given an hour here)."""
+    stack = await make_stack(enqueue_grace_s=3600)
+    job = await initiate(stack.stub, MISSING_IDS)
+    for retries in range(3):
+        failed = await wait_done(stack.stub, job.job_id, timeout_s=10)
+        assert (failed.state, failed.retries) == (pb.JOB_STATE_FAILED, retries)
+        await retry(stack.stub, job.job_id)
+    assert (await wait_done(stack.stub, job.job_id, timeout_s=10)).attempts == 1
+
+
 async def test_only_failed_or_cancelled_jobs_can_be_retried_and_each_refusal_says_why(make_stack) -> None:
     stack = await make_stack(workers=0)
     job = await initiate(stack.stub, SMALL_IDS[:1])
