@@ -10,7 +10,8 @@
     {p}:t:{t}:rate:{sec}  string  the tenant's requests in one second (the rate limit), expires
     {p}:live              zset    every job not yet finished, by when the reconciler next checks that the
                                   queue holds it (housekeeping.py)
-    {p}:fresh             list    "{id} {priority}" of created jobs, until a worker's relay enqueues them
+    {p}:fresh             list    "{id} {priority}" of created jobs ("{id} {priority} {retries}" of retried ones),
+                                  until a worker's relay enqueues them
     {p}:fresh:wake:{r}    list    one relay's own key: pushed to end its blocking pop when it stops
     {p}:sweep             zset    artifact object keys by the time they are to be deleted from S3
     {p}:call:{c}          string  one forget call that forgot a job, kept two minutes so that the call
@@ -40,7 +41,7 @@ ACTIVE_SUFFIX = ":active"
 IDEMPOTENCY_SUFFIX = ":idem:"
 # A tenant index member, "{created_ms:013d}:{id}": the same format in Python (%) and Lua (string.format).
 INDEX_MEMBER_FORMAT = "%013d:%s"
-# "{id} {priority}" in the fresh list, "{id} {fingerprint}" in an idempotency key, "{id}\n{json}" on the events channel.
+# "{id} {priority}[ {retries}]" in the fresh list, "{id} {fingerprint}" in an idempotency key, "{id}\n{json}" on the events channel.
 FRESH_SEPARATOR = " "
 IDEMPOTENCY_SEPARATOR = " "
 CHANNEL_SEPARATOR = "\n"

@@ -26,7 +26,7 @@ _JOB_SECONDS = (0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800
 _WAIT_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 JOBS_CREATED = Counter("download_jobs_created", "Jobs created (a repeated request id creates none).")
-JOBS_RETRIED = Counter("download_jobs_retried", "FAILED or CANCELLED jobs run again by RetryDownload.")
+JOBS_RETRIED = Counter("download_jobs_retried_on_request", "FAILED or CANCELLED jobs run again by RetryDownload.")
 JOBS_FINISHED = Counter("download_jobs_finished", "Jobs that reached a final state, by that state.", ["state"])
 JOB_DURATION = Histogram(
     "download_job_duration_seconds", "From creation to the final state, by that state.", ["state"], buckets=_JOB_SECONDS

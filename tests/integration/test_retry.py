@@ -7,6 +7,7 @@ import random
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from devstack.seed import seed_sources
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
@@ -38,7 +39,9 @@ async def test_a_failed_job_runs_again_under_its_own_id_and_its_history_goes_on(
 
     async with s3_session().client("s3", **s3_client_kwargs(s)) as s3:
         await seed_sources(s3, s, [file_id])  # the file turns up
+    retried_before = REGISTRY.get_sample_value("download_jobs_retried_on_request_total")
     queued = await retry(stack.stub, failed.job_id)
+    assert REGISTRY.get_sample_value("download_jobs_retried_on_request_total") == retried_before + 1
     assert (queued.job_id, queued.state, queued.phase) == (failed.job_id, pb.JOB_STATE_QUEUED, pb.JOB_PHASE_QUEUED)
     assert (queued.attempts, queued.retries, queued.seq) == (0, 1, failed.seq + 1)
     assert not queued.HasField("error") and not queued.HasField("finish_time") and not queued.HasField("expire_time")
