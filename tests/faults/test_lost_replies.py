@@ -96,6 +96,18 @@ async def test_a_cancel_and_a_forget_whose_replies_are_lost_answer_as_the_first_
     assert proxy.lost_replies == 2
 
 
+async def test_a_retry_whose_reply_is_lost_runs_the_job_once_more(store, proxy, lose) -> None:
+    job_id = (await store.create(TENANT, [70000]))[0][F.ID]
+    await store.cancel(job_id, TENANT)
+    lose()
+    retried = await store.retry(job_id, TENANT)
+    assert proxy.lost_replies == 1
+    assert (retried[F.STATE], retried[F.RETRIES], retried[F.SEQ]) == (State.QUEUED, "1", "3")
+    assert await history(store, job_id) == [2, 3]
+    handed_to_relay = [entry for entry in await store.redis.lrange(store.keys.fresh, 0, -1) if entry.startswith(job_id)]
+    assert handed_to_relay == [f"{job_id} NORMAL", f"{job_id} NORMAL 1"], "the create's run and the retry's, once each"
+
+
 async def test_a_state_change_tried_again_as_the_same_call_is_applied_once(store) -> None:
     # What a worker does when Redis stays away longer than the client's own retries: it tries the
     # state change again later, as the same call.
