@@ -41,7 +41,8 @@ ACTIVE_SUFFIX = ":active"
 IDEMPOTENCY_SUFFIX = ":idem:"
 # A tenant index member, "{created_ms:013d}:{id}": the same format in Python (%) and Lua (string.format).
 INDEX_MEMBER_FORMAT = "%013d:%s"
-# "{id} {priority}[ {retries}]" in the fresh list, "{id} {fingerprint}" in an idempotency key, "{id}\n{json}" on the events channel.
+# "{id} {priority}[ {retries}]" in the fresh list, "{id} {fingerprint}" in an idempotency key,
+# "{id}\n{json}" on the events channel.
 FRESH_SEPARATOR = " "
 IDEMPOTENCY_SEPARATOR = " "
 CHANNEL_SEPARATOR = "\n"
