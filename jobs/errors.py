@@ -47,6 +47,14 @@ class JobNotRetryable(JobsError):
         self.state = state
 
 
+class IntakePaused(JobsError):
+    """An operator has paused intake: no new work until they resume it."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"the service is not taking new downloads for now (paused by its operators); retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
 class QuotaExceeded(JobsError):
     def __init__(self, tenant: str, active: int) -> None:
         super().__init__(

@@ -14,6 +14,9 @@
                                   until a worker's relay enqueues them
     {p}:fresh:wake:{r}    list    one relay's own key: pushed to end its blocking pop when it stops
     {p}:sweep             zset    artifact object keys by the time they are to be deleted from S3
+    {p}:dead              zset    the dead letters (FAILED jobs an operator has not retried or discarded),
+                                  members "{failed_ms:013d}:{id}" by lex
+    {p}:intake            string  while intake is paused: who paused it, why, since when (JSON; jobs/intake.py)
     {p}:call:{c}          string  one forget call that forgot a job, kept two minutes so that the call
                                   repeated after a lost reply answers the same (lua/forget.lua)
     {p}:chore:{name}      string  a lease: the one worker process doing that chore this interval
@@ -94,8 +97,21 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def workers_running(self) -> str:
+        """Hash: worker name -> the job ids it ran at its last report (JSON list)."""
+        return f"{self.prefix}:workers:running"
+
+    @property
     def sweep(self) -> str:
         return f"{self.prefix}:sweep"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def intake(self) -> str:
+        return f"{self.prefix}:intake"
 
     def call(self, call_id: str) -> str:
         return f"{self.prefix}:call:{call_id}"

@@ -43,7 +43,8 @@ EVENTS_PUBLISHED = Counter("download_events_published", "Job events published to
 UPLOADED_BYTES = Counter("download_s3_uploaded_bytes", "Bytes of archives uploaded to S3.")
 REFUSED = Counter(
     "download_requests_refused",
-    "Calls refused by a limit: rate_limit (requests per second) or active_jobs (jobs running at once).",
+    "Calls refused by a limit: rate_limit (requests per second), active_jobs (jobs running at once) or "
+    "intake_paused (an operator paused intake).",
     ["reason"],
 )
 WATCH_STREAMS = Gauge("download_watch_streams", "WatchProgress streams open on this server (SSE included).")
@@ -55,7 +56,7 @@ QUEUE_JOBS = Gauge(
 WORKERS_ALIVE = Gauge("download_workers_alive", "Workers that reported to Redis within the last 15 s.")
 DEPENDENCY_UP = Gauge("download_dependency_up", "1 while this server reaches the dependency (redis, s3), else 0.", ["dependency"])
 
-REFUSAL_REASONS = ("rate_limit", "active_jobs")
+REFUSAL_REASONS = ("rate_limit", "active_jobs", "intake_paused")
 
 # Every known label value is there from the start, at 0, so that rate() and alerts see a series
 # before its first event.

@@ -93,6 +93,10 @@ class Settings:
     jwt_issuer: str = ""
     jwt_audience: str = ""
     jwt_tenant_claim: str = "sub"
+    # A JWT whose roles claim (a list, or a space-separated string) holds this role may call the
+    # operator API.
+    jwt_roles_claim: str = "roles"
+    jwt_operator_role: str = "longhaul:operator"
     # Per tenant, shared by all replicas through Redis; 0 switches a limit off.
     tenant_max_active_jobs: int = 3
     tenant_requests_per_s: int = 50
@@ -252,6 +256,8 @@ ENV_VARS: dict[str, str] = {
     "JWT_ISSUER": "jwt_issuer",
     "JWT_AUDIENCE": "jwt_audience",
     "JWT_TENANT_CLAIM": "jwt_tenant_claim",
+    "JWT_ROLES_CLAIM": "jwt_roles_claim",
+    "JWT_OPERATOR_ROLE": "jwt_operator_role",
     "TENANT_MAX_ACTIVE_JOBS": "tenant_max_active_jobs",
     "TENANT_REQUESTS_PER_S": "tenant_requests_per_s",
     "TENANT_LIMITS": "tenant_limits",

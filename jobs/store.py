@@ -21,12 +21,14 @@ from jobs import metrics, tracing
 from jobs.errors import (
     HistoryAhead,
     IdempotencyConflict,
+    IntakePaused,
     JobAlreadyFinished,
     JobNotFound,
     JobNotRetryable,
     QuotaExceeded,
     RunSuperseded,
 )
+from jobs.intake import Pause
 from jobs.keys import Keys, index_member
 from jobs.model import PRIVATE_FIELDS, TERMINAL_STATES, ErrorCode, EventType, F, Phase, Priority, State
 from jobs.multiplex import MultiplexedRedis
@@ -110,7 +112,7 @@ class JobStore:
         if tracing.enabled() and (traceparent := tracing.current_traceparent()):
             fields[F.TRACEPARENT] = traceparent
         k = self.keys
-        keys = [k.job(job_id), k.index(slug), k.active(slug), k.live, k.fresh]
+        keys = [k.job(job_id), k.index(slug), k.active(slug), k.live, k.fresh, k.intake]
         if request_id:
             keys.append(k.idempotency(slug, request_id))
         args: list[Any] = [
@@ -131,6 +133,8 @@ class JobStore:
             return fields, True
         if outcome[0] == "conflict":
             raise IdempotencyConflict(request_id, outcome[1])
+        if outcome[0] == "paused":
+            raise _refused_while_paused(outcome[1])
         if outcome[0] == "quota":
             metrics.REFUSED.labels("active_jobs").inc()
             raise QuotaExceeded(tenant, int(outcome[1]))
@@ -141,7 +145,7 @@ class JobStore:
         """Removes every trace of one of `tenant`'s jobs (None: any job), whatever its state; its artifact
         is deleted soon after. Also undoes a create whose enqueue failed, so it leaves nothing behind."""
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.live, k.sweep, k.call(self.new_call())]
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.live, k.sweep, k.call(self.new_call()), k.dead]
         forgotten = await self._forget(keys=keys, args=[job_id, now_ms(), tenant or ""])
         self.on_write(job_id)
         if not forgotten:
@@ -162,6 +166,10 @@ class JobStore:
         if owner is not None and (tenant is None or owner == tenant):
             return expired_stub(job_id)
         raise JobNotFound(job_id)
+
+    async def live_count(self) -> int:
+        """Jobs queued or running, across tenants."""
+        return int(await self.redis.zcard(self.keys.live))
 
     async def fresh_count(self) -> int:
         """Jobs created and not yet taken by a relay into the queue."""
@@ -297,7 +305,7 @@ class JobStore:
         A repeat of the same retry (same `request_id`) answers the job as it is now. Raises
         JobNotRetryable in any other state, QuotaExceeded at the tenant's active-jobs limit."""
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.fresh]
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.fresh, k.intake, k.dead]
         args = [
             now_ms(),
             self.settings.event_history_len,
@@ -321,6 +329,8 @@ class JobStore:
             raise QuotaExceeded(tenant, int(outcome[1]))
         if outcome[0] == "state":
             raise JobNotRetryable(job_id, outcome[1])
+        if outcome[0] == "paused":
+            raise _refused_while_paused(outcome[1])
         if outcome[0] == "repeated":
             await self._replication.confirm(f"the retry of job {job_id}")
             return await self.get(job_id, tenant, with_file_ids=False)
@@ -360,7 +370,7 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live]
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.dead]
         if durable:
             outcome = await self._replication.write(f"the change of job {job_id}", self._transition, keys, args)
         else:
@@ -392,6 +402,11 @@ def _count(event: EventType, state: str | None, claimed: bool, payload: str) -> 
     metrics.JOB_DURATION.labels(state).observe(max(now_s - int(record[F.CREATED_MS]) / 1000, 0))
     if state == State.FAILED:
         metrics.JOBS_FAILED.labels(json.loads(record.get(F.ERROR) or "{}").get("code", ErrorCode.INTERNAL)).inc()
+
+
+def _refused_while_paused(pause: str) -> IntakePaused:
+    metrics.REFUSED.labels("intake_paused").inc()
+    return IntakePaused(Pause.from_json(pause).retry_after_s)
 
 
 def finish_fields(state: State, settings: Settings, message: str) -> dict[str, Any]:

@@ -4,12 +4,17 @@ A key reads `lh_<id>_<secret>`: the id (8 hex digits) names the key in the file,
 messages and is not secret; the secret is 256 random bits. The file has one key per line:
 
     <id> sha256:<hex of SHA-256 of the whole key> <tenant> [label...]
+    <id> sha256:<hex of SHA-256 of the whole key> operator:<name> [label...]
+
+A tenant's key starts and reads that tenant's downloads. An operator's key has no tenant: it calls the
+operator API (AdminService), and its name is logged with every change made with it.
 
 A plain SHA-256 is enough (no slow hash): the keys are random, not passwords, so there is nothing
 to guess. The server re-reads the file when it changes, so rotating is: `create` a new key for the
 tenant, hand it out, `revoke` the old one; no restart.
 
     python -m server.apikeys --file keys.txt create TENANT [LABEL]   prints the new key once
+    python -m server.apikeys --file keys.txt create-operator NAME [LABEL]
     python -m server.apikeys --file keys.txt revoke ID
     python -m server.apikeys --file keys.txt list
 """
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 _KEY = re.compile(r"lh_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
 # No ":", so a key's tenant can never be a JWT's (those are "jwt:<claim>", auth.py).
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+OPERATOR_PREFIX = "operator:"
 # How often the server looks at the file's modification time: the bound on how long a revoked
 # key keeps working.
 RELOAD_EVERY_S = 2.0
@@ -43,8 +49,9 @@ _MAX_CHECKED_KEYS = 10_000
 class KeyEntry:
     key_id: str
     digest: str
-    tenant: str
+    tenant: str  # "" for an operator's key
     label: str
+    operator: str = ""  # the operator's name, for an operator's key
 
 
 def digest(key: str) -> str:
@@ -70,21 +77,26 @@ def parse(text: str, source: str = "the key file") -> dict[str, KeyEntry]:
         if not line:
             continue
         parts = line.split(maxsplit=3)
+        owner = parts[2] if len(parts) >= 3 else ""
+        operator = owner.removeprefix(OPERATOR_PREFIX) if owner.startswith(OPERATOR_PREFIX) else ""
         if (
             len(parts) < 3
             or not re.fullmatch(r"[0-9a-f]{8}", parts[0])
             or not re.fullmatch(r"sha256:[0-9a-f]{64}", parts[1])
-            or not _TENANT.fullmatch(parts[2])
+            or not _TENANT.fullmatch(operator or owner)
         ):
-            raise ValueError(f"{source}, line {number}: expected '<id> sha256:<hex> <tenant> [label]'")
-        entries[parts[0]] = KeyEntry(parts[0], parts[1].removeprefix("sha256:"), parts[2], " ".join(parts[3:]))
+            raise ValueError(f"{source}, line {number}: expected '<id> sha256:<hex> <tenant or operator:name> [label]'")
+        tenant = "" if operator else owner
+        entries[parts[0]] = KeyEntry(parts[0], parts[1].removeprefix("sha256:"), tenant, " ".join(parts[3:]), operator)
     return entries
 
 
-def entry_line(key_id: str, key: str, tenant: str, label: str = "") -> str:
+def entry_line(key_id: str, key: str, tenant: str, label: str = "", operator: bool = False) -> str:
+    """The key file's line for a tenant's key, or with `operator` for an operator named `tenant`."""
     if not _TENANT.fullmatch(tenant):
-        raise ValueError(f"tenant {tenant!r}: use 1 to 128 letters, digits and . _ @ -, starting with a letter or digit")
-    return f"{key_id} sha256:{digest(key)} {tenant}" + (f" {label}" if label else "")
+        raise ValueError(f"{tenant!r}: use 1 to 128 letters, digits and . _ @ -, starting with a letter or digit")
+    owner = OPERATOR_PREFIX + tenant if operator else tenant
+    return f"{key_id} sha256:{digest(key)} {owner}" + (f" {label}" if label else "")
 
 
 class KeyFile:
@@ -114,8 +126,8 @@ class KeyFile:
         self._checked_keys = {}
         self._stamp = stamp
 
-    def tenant(self, key: str) -> str | None:
-        """The tenant of a valid, unrevoked key, else None.
+    def entry(self, key: str) -> KeyEntry | None:
+        """The entry of a valid, unrevoked key, else None.
 
         The file is looked at every RELOAD_EVERY_S (so a revocation takes effect within that), and at
         once for a key it does not know (so a new key works at once; a stat costs a microsecond)."""
@@ -126,7 +138,7 @@ class KeyFile:
         entry = self._lookup(key)
         if entry is None and self._reload_keeping_last_good():
             entry = self._lookup(key)
-        return entry.tenant if entry is not None else None
+        return entry
 
     def _lookup(self, key: str) -> KeyEntry | None:
         entry = self._checked_keys.get(key)
@@ -173,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     create = commands.add_parser("create", help="issue a key for a tenant; prints it once")
     create.add_argument("tenant")
     create.add_argument("label", nargs="?", default="")
+    create_operator = commands.add_parser("create-operator", help="issue an operator's key (AdminService); prints it once")
+    create_operator.add_argument("tenant", metavar="name", help="who the operator is, as the logs name them")
+    create_operator.add_argument("label", nargs="?", default="")
     revoke = commands.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
     commands.add_parser("list", help="list key ids, tenants and labels")
@@ -182,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.file)
     lines = path.read_text().splitlines() if path.exists() else []
     entries = parse("\n".join(lines), str(path))
-    if args.command == "create":
+    if args.command in ("create", "create-operator"):
         key_id, key = new_key()
         try:
-            lines.append(entry_line(key_id, key, args.tenant, args.label))
+            lines.append(entry_line(key_id, key, args.tenant, args.label, operator=args.command == "create-operator"))
         except ValueError as error:
             parser.error(str(error))
         _rewrite(path, lines)
@@ -198,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"revoked {args.key_id}; servers stop accepting it within {RELOAD_EVERY_S:.0f} s")
     else:
         for entry in entries.values():
-            print(f"{entry.key_id}  {entry.tenant}  {entry.label}")
+            print(f"{entry.key_id}  {entry.tenant or OPERATOR_PREFIX + entry.operator}  {entry.label}")
     return 0
 
 

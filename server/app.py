@@ -20,8 +20,9 @@ from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
+from longhaul.admin.v1 import admin_pb2_grpc as apb_grpc
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
-from server import operations
+from server import admin, operations
 from server.access import Gatekeeper
 from server.auth import Authenticator
 from server.convert import Presigner
@@ -105,7 +106,7 @@ class LonghaulServer:
             store.on_write = self._records.drop
         # Every job event the hub relays also drops the job's cached record.
         self._hub = WatchHub(redis, store.keys, on_event=store.on_write)
-        self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME], pause(s))
+        self._health = HealthMonitor(s, redis, s3, [SERVICE_NAME, operations.SERVICE_NAME, admin.SERVICE_NAME], pause(s))
         authenticator = Authenticator(s)
         limiter = RateLimiter(commands, store.keys, s, self._clock)
         queue = JobQueue(s)  # only counted (/queue-depth): the workers' relays enqueue
@@ -115,8 +116,9 @@ class LonghaulServer:
         workers = WorkerRegistry(redis, store.keys)
         self._http = HttpSide(store, presigner, self._health, authenticator, limiter, queue, workers)
 
-        guarded = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection
-        layers: list[PerMethodInterceptor] = [TolerantDecoding(guarded), Gatekeeper(authenticator, limiter, guarded)]
+        tenants = [SERVICE_NAME, operations.SERVICE_NAME]  # not health, not reflection; the admin service checks its own
+        ours = [*tenants, admin.SERVICE_NAME]
+        layers: list[PerMethodInterceptor] = [TolerantDecoding(ours), Gatekeeper(authenticator, limiter, tenants)]
         if s.grpc_metrics:
             layers.insert(0, GrpcMetrics())  # outside the door: calls it refuses are counted too
         if tracing.enabled():
@@ -126,10 +128,11 @@ class LonghaulServer:
             DownloadServicer(s, store, records, self._hub, presigner, s3), server
         )
         operations.add_to_server(operations.OperationsServicer(store, records, self._hub, presigner, s.heartbeat_s), server)
+        apb_grpc.add_AdminServiceServicer_to_server(admin.AdminServicer(authenticator, store, queue, workers, presigner), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection(
-            [SERVICE_NAME, operations.SERVICE_NAME, health_name, reflection.SERVICE_NAME], server
+            [SERVICE_NAME, operations.SERVICE_NAME, admin.SERVICE_NAME, health_name, reflection.SERVICE_NAME], server
         )
         tls = server_tls(s)
         if tls is None:

@@ -16,7 +16,7 @@ import jwt
 
 from jobs.settings import ConfigError, Settings
 from jobs.tenants import valid_tenant
-from server.apikeys import KeyFile, key_id_of
+from server.apikeys import OPERATOR_PREFIX, KeyEntry, KeyFile, key_id_of
 
 _ASYMMETRIC = ("RS256", "ES256")
 # Tenants named by JWTs live apart from those of API keys (which cannot contain ":"): a token whose
@@ -35,6 +35,10 @@ WWW_AUTHENTICATE = 'Bearer realm="longhaul"'
 
 class Unauthenticated(Exception):
     pass
+
+
+class PermissionDenied(Exception):
+    """Valid credentials without the scope the call needs."""
 
 
 def bearer(metadata: Iterable[tuple[str, Any]]) -> str:
@@ -58,31 +62,59 @@ class Authenticator:
             self._jwks = _load_jwks(settings.jwt_jwks_file) if settings.jwt_jwks_file else {}
         except (OSError, ValueError, jwt.PyJWTError) as error:
             raise ConfigError(f"the credentials settings (API_KEYS_FILE, JWT_JWKS_FILE) cannot work: {error}") from error
-        self._verified: dict[str, tuple[str, float]] = {}
+        self._verified: dict[str, tuple[str, bool, float]] = {}  # token -> tenant, operator role, until
 
     def tenant(self, metadata: Iterable[tuple[str, Any]]) -> str:
+        """The tenant whose downloads the call may start and read."""
         token = bearer(metadata)
         if token.startswith("lh_"):
-            return self._api_key(token)
+            entry = self._api_key(token)
+            if entry.operator:
+                raise PermissionDenied(
+                    f"API key lh_{entry.key_id}_... is an operator's key: it has no tenant, so it cannot start or read "
+                    "downloads; use a tenant's key"
+                )
+            return entry.tenant
         if token.count(".") == 2:
-            return self._jwt(token)
+            return self._jwt(token)[0]
         raise Unauthenticated("the bearer token is neither a Longhaul API key (lh_...) nor a JWT")
 
-    def _api_key(self, key: str) -> str:
+    def operator(self, metadata: Iterable[tuple[str, Any]]) -> str:
+        """Who the operator making the call is (an operator's key's name, or "jwt:" and the JWT's
+        tenant claim), for calls that need the operator scope."""
+        token = bearer(metadata)
+        if token.startswith("lh_"):
+            entry = self._api_key(token)
+            if not entry.operator:
+                raise PermissionDenied(
+                    f"API key lh_{entry.key_id}_... is a tenant's key; the operator API needs an operator's key "
+                    "(python -m server.apikeys create-operator NAME) or a JWT with the operator role"
+                )
+            return OPERATOR_PREFIX + entry.operator
+        if token.count(".") == 2:
+            tenant, operator = self._jwt(token)
+            if not operator:
+                role, claim = self._settings.jwt_operator_role, self._settings.jwt_roles_claim
+                raise PermissionDenied(f"the JWT does not have the operator role: its '{claim}' claim must hold {role!r}")
+            return tenant
+        raise Unauthenticated("the bearer token is neither a Longhaul API key (lh_...) nor a JWT")
+
+    def _api_key(self, key: str) -> KeyEntry:
         if not self._keys.configured:
             raise Unauthenticated("API keys are not accepted here: the server has no API_KEYS_FILE")
-        tenant = self._keys.tenant(key)
-        if tenant is None:
+        entry = self._keys.entry(key)
+        if entry is None:
             key_id = key_id_of(key)
             named = f"API key lh_{key_id}_..." if key_id else "the API key (malformed)"
             raise Unauthenticated(f"{named} is not valid: unknown or revoked")
-        return tenant
+        return entry
 
-    def _jwt(self, token: str) -> str:
+    def _jwt(self, token: str) -> tuple[str, bool]:
+        """(tenant, whether the JWT has the operator role)."""
         cached = self._verified.get(token)
         now = time.time()
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        if cached is not None and cached[2] > now:
+            return cached[0], cached[1]
         claims = self._verify(token)
         for name in _DATE_CLAIMS:
             if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], (int, float))):
@@ -91,10 +123,13 @@ class Authenticator:
         tenant = JWT_TENANT_PREFIX + subject if isinstance(subject, str) and subject else ""
         if not valid_tenant(tenant):
             raise Unauthenticated(f"the JWT's '{self._settings.jwt_tenant_claim}' claim must name the tenant")
+        roles = claims.get(self._settings.jwt_roles_claim, [])
+        # A list of roles, or a space-separated string of them (as OAuth's `scope` is).
+        operator = self._settings.jwt_operator_role in (roles.split() if isinstance(roles, str) else roles)
         if len(self._verified) >= _CACHE_LIMIT:
             self._verified.clear()
-        self._verified[token] = (tenant, min(float(claims["exp"]), now + _CACHE_S))
-        return tenant
+        self._verified[token] = (tenant, operator, min(float(claims["exp"]), now + _CACHE_S))
+        return tenant, operator
 
     def _verify(self, token: str) -> dict[str, Any]:
         s = self._settings

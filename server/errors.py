@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,6 +24,7 @@ from jobs import tracing
 from jobs.errors import (
     HistoryAhead,
     IdempotencyConflict,
+    IntakePaused,
     JobAlreadyFinished,
     JobNotFound,
     JobNotRetryable,
@@ -30,7 +32,7 @@ from jobs.errors import (
     QuotaExceeded,
     ReplicasUnavailable,
 )
-from server.auth import WWW_AUTHENTICATE, Unauthenticated
+from server.auth import WWW_AUTHENTICATE, PermissionDenied, Unauthenticated
 from server.caller import reply_headers
 from server.ratelimit import RateLimited
 from server.validation import InvalidRequest
@@ -53,6 +55,7 @@ QUOTA_RETRY_S = 5
 
 _DOMAIN_CODES: dict[type[Exception], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
     JobNotFound: grpc.StatusCode.NOT_FOUND,
     IdempotencyConflict: grpc.StatusCode.ALREADY_EXISTS,
@@ -74,10 +77,11 @@ def status_for(error: Exception) -> tuple[grpc.StatusCode, str, list[Any]]:
             ]
         )
         return grpc.StatusCode.INVALID_ARGUMENT, str(error), [detail]
-    if isinstance(error, (RateLimited, QuotaExceeded)):
+    if isinstance(error, (RateLimited, QuotaExceeded, IntakePaused)):
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(_retry_after_s(error) * 1000))
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), [error_details_pb2.RetryInfo(retry_delay=delay)]
+        code = grpc.StatusCode.UNAVAILABLE if isinstance(error, IntakePaused) else grpc.StatusCode.RESOURCE_EXHAUSTED
+        return code, str(error), [error_details_pb2.RetryInfo(retry_delay=delay)]
     for kind, code in _DOMAIN_CODES.items():
         if isinstance(error, kind):
             return code, str(error), []
@@ -88,16 +92,16 @@ def status_for(error: Exception) -> tuple[grpc.StatusCode, str, list[Any]]:
     return grpc.StatusCode.INTERNAL, "internal error; it was logged", []
 
 
-def _retry_after_s(error: RateLimited | QuotaExceeded) -> float:
-    return error.retry_after_s if isinstance(error, RateLimited) else QUOTA_RETRY_S
+def _retry_after_s(error: RateLimited | QuotaExceeded | IntakePaused) -> float:
+    return QUOTA_RETRY_S if isinstance(error, QuotaExceeded) else error.retry_after_s
 
 
 def error_headers(error: Exception) -> tuple[tuple[str, str], ...]:
     """HTTP-minded metadata of an error; Envoy hands it to REST clients as headers."""
     if isinstance(error, RateLimited):
         return error.headers
-    if isinstance(error, QuotaExceeded):
-        return (("retry-after", str(QUOTA_RETRY_S)),)
+    if isinstance(error, (QuotaExceeded, IntakePaused)):
+        return (("retry-after", str(math.ceil(_retry_after_s(error)))),)
     if isinstance(error, Unauthenticated):
         return (("www-authenticate", WWW_AUTHENTICATE),)
     return ()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 from jobs.logs import bind
 from jobs.model import MAX_FILE_ID, MAX_FILES_PER_JOB, MAX_REQUEST_ID_LEN, MIN_FILE_ID, Priority
@@ -107,7 +108,12 @@ def file_id(value: int, field: str = "file_id") -> int:
     return value
 
 
-def page(request: pb.ListDownloadsRequest) -> tuple[int, str]:
+class _Paged(Protocol):
+    page_size: int
+    page_token: str
+
+
+def page(request: _Paged) -> tuple[int, str]:
     violations: list[tuple[str, str]] = []
     if not 0 <= request.page_size <= MAX_PAGE_SIZE:
         violations.append(("page_size", f"must be from 1 to {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"))

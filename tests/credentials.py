@@ -1,4 +1,5 @@
-"""The tests' API keys: two tenants, so tests can check that neither sees the other's jobs."""
+"""The tests' API keys: two tenants, so tests can check that neither sees the other's jobs, and an
+operator."""
 
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ from server.apikeys import entry_line, new_key
 TENANT, OTHER_TENANT = "tenant-a", "tenant-b"
 _ID, TOKEN = new_key()
 _OTHER_ID, OTHER_TOKEN = new_key()
+OPERATOR = "ops-alice"
+_OPERATOR_ID, OPERATOR_TOKEN = new_key()
 BEARER = (("authorization", f"Bearer {TOKEN}"),)
 
 
 def write_key_file(path: Path) -> Path:
-    path.write_text(f"{entry_line(_ID, TOKEN, TENANT)}\n{entry_line(_OTHER_ID, OTHER_TOKEN, OTHER_TENANT)}\n")
+    lines = [
+        entry_line(_ID, TOKEN, TENANT),
+        entry_line(_OTHER_ID, OTHER_TOKEN, OTHER_TENANT),
+        entry_line(_OPERATOR_ID, OPERATOR_TOKEN, OPERATOR, "on call", operator=True),
+    ]
+    path.write_text("".join(f"{line}\n" for line in lines))
     return path
 
 

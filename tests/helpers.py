@@ -30,10 +30,11 @@ async def initiate(
 
 
 async def watch_all(
-    stub: pb_grpc.DownloadServiceStub, job_id: str, after_seq: int = 0, timeout_s: float = 30
+    stub: pb_grpc.DownloadServiceStub, job_id: str, after_seq: int = 0, timeout_s: float = 30, metadata: tuple = ()
 ) -> list[pb.WatchProgressResponse]:
     """Every message of one WatchProgress call, until the server ends the stream."""
-    call = stub.WatchProgress(pb.WatchProgressRequest(job_id=job_id, after_seq=after_seq), timeout=timeout_s)
+    request = pb.WatchProgressRequest(job_id=job_id, after_seq=after_seq)
+    call = stub.WatchProgress(request, timeout=timeout_s, metadata=metadata)
     return [message async for message in call]
 
 
@@ -60,8 +61,8 @@ async def follow_resuming(
             await asyncio.sleep(0.1)
 
 
-async def wait_done(stub: pb_grpc.DownloadServiceStub, job_id: str, timeout_s: float = 30) -> pb.Job:
-    messages = await watch_all(stub, job_id, timeout_s=timeout_s)
+async def wait_done(stub: pb_grpc.DownloadServiceStub, job_id: str, timeout_s: float = 30, metadata: tuple = ()) -> pb.Job:
+    messages = await watch_all(stub, job_id, timeout_s=timeout_s, metadata=metadata)
     job = messages[-1].job
     assert job.state in TERMINAL_STATES, messages[-1]
     return job

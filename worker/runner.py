@@ -101,7 +101,7 @@ class WorkerRunner:
         self._housekeeping = asyncio.create_task(housekeeper.run())
         self._worker = self._queue.worker(self._process, self.name)
         self._relay.start()
-        self._reporting = asyncio.create_task(self._registry.keep_reporting(self.name))
+        self._reporting = asyncio.create_task(self._registry.keep_reporting(self.name, lambda: list(self._running)))
         if failovers := watch_failovers(self.settings, self._redis, self._commands, self._queue.connection_pool):
             self._exit_stack.push_async_callback(failovers.close)
         lag = asyncio.create_task(runtime.measure_loop_lag())
@@ -182,6 +182,7 @@ class WorkerRunner:
         run = self._run(job_id, run_token, attempt, self._store.artifact_key(record), file_ids, record[F.TRACEPARENT])
         task = asyncio.create_task(run)
         self._running[job_id] = task
+        self._registry.changed()
         try:
             retry_in_ms = await asyncio.wait_for(task, self.settings.attempt_timeout_s)
         except TimeoutError:
@@ -200,6 +201,7 @@ class WorkerRunner:
         finally:
             if self._running.get(job_id) is task:
                 del self._running[job_id]
+                self._registry.changed()
             self._cancelled.discard(task)
             self._superseded.discard(task)
         if retry_in_ms is not None:

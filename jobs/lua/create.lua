@@ -6,19 +6,19 @@
 -- The history starts with the job's first change: a watch from the start opens with a snapshot,
 -- which says what the created event would (the history of a job yet to be claimed would cost a
 -- queued job a quarter of its memory and be read by nobody).
--- KEYS: job, tenant index, tenant active set, live jobs, fresh[, tenant idempotency key]
+-- KEYS: job, tenant index, tenant active set, live jobs, fresh, intake pause[, tenant idempotency key]
 -- ARGV: job_id, fingerprint (with a request id), idempotency_ttl_s, index_member, trim_below, created_ms,
 --       the record's fields as one JSON object of strings (one argument, not two per field: each
 --       argument costs the caller an encoding step), max_active (0 = no limit), job key prefix
--- Returns {"created"} | {"exists", job_id} | {"conflict", job_id} | {"quota", active}
+-- Returns {"created"} | {"exists", job_id} | {"conflict", job_id} | {"paused", pause} | {"quota", active}
 local job_id, fingerprint = ARGV[1], ARGV[2]
 -- The job id is new for each call, so a record under it is this very call's: a call sent again
 -- because its reply was lost (a client repeats a command when the connection drops, though it
 -- may have run) answers as it did the first time.
 if redis.call("EXISTS", KEYS[1]) == 1 then return {"created"} end
-local with_request_id = #KEYS == 6
+local with_request_id = #KEYS == 7
 if with_request_id then
-  local existing = redis.call("GET", KEYS[6])
+  local existing = redis.call("GET", KEYS[7])
   if existing then
     local sep = string.find(existing, IDEMPOTENCY_SEPARATOR, 1, true)
     local other_id, other_fp = string.sub(existing, 1, sep - 1), string.sub(existing, sep + 1)
@@ -33,6 +33,10 @@ if with_request_id then
     return {"exists", other_id}
   end
 end
+
+-- Paused intake refuses new jobs only: a repeated request still finds its job, above.
+local pause = redis.call("GET", KEYS[6])
+if pause then return {"paused", pause} end
 
 local limit = tonumber(ARGV[8])
 if limit > 0 then
@@ -54,6 +58,6 @@ redis.call("SADD", KEYS[3], job_id)
 redis.call("ZADD", KEYS[4], ARGV[6], job_id)
 redis.call("RPUSH", KEYS[5], job_id .. FRESH_SEPARATOR .. record[F.PRIORITY])
 if with_request_id then
-  redis.call("SET", KEYS[6], job_id .. IDEMPOTENCY_SEPARATOR .. fingerprint, "EX", ARGV[3])
+  redis.call("SET", KEYS[7], job_id .. IDEMPOTENCY_SEPARATOR .. fingerprint, "EX", ARGV[3])
 end
 return {"created"}

@@ -3,18 +3,21 @@
 -- its history goes on with the retry as an event. It becomes a live job again, as create.lua makes
 -- one: kept until it ends (no expiry, no tombstone, its artifact no longer due for deletion),
 -- counted in its tenant's active-jobs quota, watched by the reconciler and handed to a relay.
--- KEYS: job, events, tombstone, sweep, live jobs, fresh
+-- KEYS: job, events, tombstone, sweep, live jobs, fresh, intake pause, dead letters
 -- ARGV: now_ms, history_len, channel, job_id, tenant, call, retry_id ("" = none),
 --       max_active (0 = no limit), job key prefix, message
--- Returns {"ok", seq, payload, file_ids} | {"missing"} | {"repeated"} | {"state", state} | {"quota", active}
+-- Returns {"ok", seq, payload, file_ids} | {"missing"} | {"repeated"} | {"state", state} | {"paused", pause}
+--         | {"quota", active}
 -- Another tenant's job is "missing", as in transition.lua.
-local job = redis.call("HMGET", KEYS[1], F.STATE, F.TENANT, F.CALL, F.RETRY_ID, F.TENANT_KEY, F.PRIORITY)
+local job = redis.call("HMGET", KEYS[1], F.STATE, F.TENANT, F.CALL, F.RETRY_ID, F.TENANT_KEY, F.PRIORITY, F.FINISHED_MS)
 local state, tenant_key = job[1], job[5]
 if not state or job[2] ~= ARGV[5] then return {"missing"} end
 -- This retry ran already: a command sent again after a lost reply (the same call), or the client's
 -- own repeat (the same request id). It changes nothing; the caller reads the job as it is now.
 if job[3] == ARGV[6] or (ARGV[7] ~= "" and job[4] == ARGV[7]) then return {"repeated"} end
 if state ~= STATE.FAILED and state ~= STATE.CANCELLED then return {"state", state} end
+local pause = redis.call("GET", KEYS[7])
+if pause then return {"paused", pause} end
 
 local limit = tonumber(ARGV[8])
 if limit > 0 then
@@ -34,6 +37,7 @@ redis.call("PERSIST", KEYS[1])
 redis.call("PERSIST", KEYS[2])
 redis.call("DEL", KEYS[3])
 redis.call("ZREM", KEYS[4], artifact_key(tenant_key, ARGV[4]))
+if job[7] then redis.call("ZREM", KEYS[8], string.format(INDEX_MEMBER_FORMAT, tonumber(job[7]), ARGV[4])) end
 redis.call("SADD", tenant_key .. ACTIVE_SUFFIX, ARGV[4])
 redis.call("ZADD", KEYS[5], ARGV[1], ARGV[4])
 -- The new run's queue entry is its own (jobs/queue.py), whatever became of the last run's.

@@ -6,7 +6,7 @@
 -- superseded run may still finish an upload) for when the job expires.
 -- A job that ends also leaves its tenant's active set (the quota), named by the record's tenant_key,
 -- and the live jobs the reconciler checks.
--- KEYS: job, events, tombstone, sweep, live jobs
+-- KEYS: job, events, tombstone, sweep, live jobs, dead letters
 -- ARGV: now_ms, history_len, channel, event_type, expect_token ("" = any), claim_token ("" = none),
 --       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), call, history_ttl_s,
 --       expect_retries ("" = any: the claim's run), field, value, ...
@@ -70,5 +70,10 @@ if new_state and TERMINAL[new_state] then
   redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, artifact_key(owner[2], ARGV[9]))
   redis.call("SREM", owner[2] .. ACTIVE_SUFFIX, ARGV[9])
   redis.call("ZREM", KEYS[5], ARGV[9])
+  if new_state == STATE.FAILED then
+    -- A failure is for good (transient errors are retried before it): a dead letter for operators.
+    local failed_ms = tonumber(redis.call("HGET", KEYS[1], F.FINISHED_MS) or ARGV[1])
+    redis.call("ZADD", KEYS[6], 0, string.format(INDEX_MEMBER_FORMAT, failed_ms, ARGV[9]))
+  end
 end
 return answer(seq, payload)

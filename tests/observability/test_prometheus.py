@@ -169,7 +169,8 @@ def test_the_job_counts_are_right(known_jobs: Observed) -> None:
     assert {code: n for code, n in failed.items() if n} == {"ALL_FILES_MISSING": 1}
     assert o.scalar("sum(download_job_duration_seconds_count)") == 4
     assert 3 <= o.scalar("sum(download_job_attempts_total)") <= 4  # the cancelled one may not have started
-    assert o.by("sum by (reason) (download_requests_refused_total)", "reason") == {"active_jobs": 1, "rate_limit": 0}
+    refused = o.by("sum by (reason) (download_requests_refused_total)", "reason")
+    assert refused == {"active_jobs": 1, "rate_limit": 0, "intake_paused": 0}
     assert o.scalar("sum(download_s3_uploaded_bytes_total)") > 0
     assert o.scalar("max(download_workers_alive)") == 1
     assert o.by("download_dependency_up", "dependency") == {"redis": 1, "s3": 1}
