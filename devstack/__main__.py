@@ -60,6 +60,7 @@ class Stack:
         self.started: list[ManagedProcess] = []
         self.notes: list[str] = []
         self.dev_key = ""
+        self.operator_key = ""
 
     def start(self) -> None:
         self.prepare()
@@ -128,22 +129,11 @@ class Stack:
         if s.api_keys_file or s.jwt_hs256_secret or s.jwt_jwks_file:
             self.notes.append(f"Auth         {s.api_keys_file or 'JWTs only'} (no development key made)")
             return
-        # The key in plain text is kept only so that the next `make run` can print it again.
-        plain, hashed = self.data_dir / "dev-api-key", self.data_dir / "dev-api-keys"
+        hashed = self.data_dir / "dev-api-keys"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = plain.read_text().strip() if plain.exists() else ""
-        key_id = key_id_of(key)
-        if not key_id:
-            key_id, key = new_key()
-            plain.write_text(key + "\n")
-            plain.chmod(0o600)
-        # Kept as it is when it has the key already: keys added with `python -m server.apikeys` stay valid.
-        lines = hashed.read_text().splitlines() if hashed.exists() else []
-        if not any(line.split(maxsplit=1)[:1] == [key_id] for line in lines):
-            lines.append(entry_line(key_id, key, "dev", "development key made by make run"))
-            hashed.write_text("\n".join(lines) + "\n")
+        self.dev_key = _dev_key(self.data_dir / "dev-api-key", hashed, "dev", operator=False)
+        self.operator_key = _dev_key(self.data_dir / "dev-operator-key", hashed, "dev-operator", operator=True)
         self.settings = s.replace(api_keys_file=str(hashed))
-        self.dev_key = key
 
     def _redis(self) -> None:
         if self.settings.redis_sentinels:  # yours (`deploy up` starts its own: devstack/deploy.py)
@@ -219,6 +209,8 @@ class Stack:
             lines += [
                 f"  API key       {self.dev_key}",
                 "                (tenant \"dev\"; for development only: production sets API_KEYS_FILE)",
+                f"  Operator key  {self.operator_key}",
+                "                (operator \"dev-operator\": the operator API, longhaul.admin.v1.AdminService)",
                 "",
                 "Try:",
                 f"  export LONGHAUL_TOKEN={self.dev_key}",
@@ -264,6 +256,23 @@ class Stack:
         for proc in reversed(self.started):
             log.info("stopping %s", proc.name)
             proc.stop()
+
+
+def _dev_key(plain: Path, hashed: Path, owner: str, operator: bool) -> str:
+    """A development key of `owner` (a tenant, or an operator), made at the first run and the same at
+    every run after. The key in plain text is kept only so that the next run can print it again."""
+    key = plain.read_text().strip() if plain.exists() else ""
+    key_id = key_id_of(key)
+    if not key_id:
+        key_id, key = new_key()
+        plain.write_text(key + "\n")
+        plain.chmod(0o600)
+    # Kept as it is when it has the key already: keys added with `python -m server.apikeys` stay valid.
+    lines = hashed.read_text().splitlines() if hashed.exists() else []
+    if not any(line.split(maxsplit=1)[:1] == [key_id] for line in lines):
+        lines.append(entry_line(key_id, key, owner, "development key made by make run", operator=operator))
+        hashed.write_text("\n".join(lines) + "\n")
+    return key
 
 
 def _port(listen: str) -> int:

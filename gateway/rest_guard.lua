@@ -23,12 +23,17 @@ local MAX_BODY_BYTES = 65536
 local INITIATE = {file_ids = "array", request_id = "string", priority = "string number"}
 local CHECK = {file_id = "number string"}
 local RETRY = {request_id = "string"}
+local BULK = {job_ids = "array", filter = "object", all = "boolean string"}
+local PAUSE = {reason = "string", retry_after = "string"}
 local NONE = {}
 local function body_fields(path)
   if path == "/v1/download/initiate" then return INITIATE end
   if path == "/v1/download/check" then return CHECK end
   if path:match("^/v1/download/[^/]+:cancel$") or path:match("^/v1/operations/.+:cancel$") then return NONE end
   if path:match("^/v1/download/[^/]+:retry$") then return RETRY end
+  if path == "/v1/admin/dead-letters:retry" or path == "/v1/admin/dead-letters:discard" then return BULK end
+  if path == "/v1/admin/intake:pause" then return PAUSE end
+  if path == "/v1/admin/intake:resume" then return NONE end
   return nil -- not a POST with a body of ours: the transcoder answers it
 end
 

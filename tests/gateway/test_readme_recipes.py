@@ -4,6 +4,8 @@ stale."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import subprocess
@@ -13,18 +15,28 @@ from pathlib import Path
 import pytest
 
 from devstack.services import ROOT
-from longhaul_client import Client
-from tests.conftest import SMALL_IDS
-from tests.credentials import TOKEN
+from longhaul.admin.v1 import admin_pb2 as apb
+from longhaul.admin.v1 import admin_pb2_grpc as apb_grpc
+from longhaul.download.v1 import download_pb2 as pb
+from longhaul_client import Client, JobFailed
+from tests import credentials
+from tests.conftest import MISSING_IDS, SMALL_IDS
+from tests.credentials import OPERATOR_TOKEN, TOKEN
 from tests.e2e.test_run_command import GRPCURL
 
 README = (ROOT / "README.md").read_text()
 # The venv's commands (longhaul), as for a user who activated it or installed the client.
-ENV = {**os.environ, "LONGHAUL_TOKEN": TOKEN, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+ENV = {
+    **os.environ,
+    "LONGHAUL_TOKEN": TOKEN,
+    "LONGHAUL_OPERATOR_TOKEN": OPERATOR_TOKEN,
+    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+}
 
 
-def recipes(kind: str) -> list[str]:
-    block = README.split(f"<!-- recipes: {kind} -->\n```sh\n", 1)[1].split("```", 1)[0]
+def recipes(kind: str, block_name: str = "") -> list[str]:
+    """The `kind` command lines of the README's recipes block `block_name` (by default `kind`'s own)."""
+    block = README.split(f"<!-- recipes: {block_name or kind} -->\n```sh\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.startswith(f"{kind} ")]
 
 
@@ -34,7 +46,7 @@ def run(command: str, cwd, **env: str) -> subprocess.CompletedProcess[str]:
 
 class Jobs:
     """Job ids for the recipes: a finished one to watch and fetch, a fresh running one to cancel or
-    delete, a cancelled one to retry."""
+    delete, a cancelled one to retry, a failed one for the operator's dead-letter lines."""
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -44,7 +56,11 @@ class Jobs:
     def fill(self, command: str, target: str) -> str:
         if "JOB_ID" in command:
             job_id = self.finished
-            if any(verb in command for verb in ("Retry", "retry")):
+            if "OPERATOR" in command:
+                with Client(self.address, token=TOKEN) as client, contextlib.suppress(JobFailed):
+                    job_id = client.initiate(MISSING_IDS).job_id
+                    client.wait(job_id)  # a dead letter
+            elif any(verb in command for verb in ("Retry", "retry")):
                 with Client(self.address, token=TOKEN) as client:
                     job_id = client.cancel(client.initiate(SMALL_IDS[2:4]).job_id).job_id
             elif any(verb in command for verb in ("Cancel", "cancel", "Delete", "DELETE")):
@@ -76,6 +92,31 @@ def test_every_curl_recipe_works(gateway, tmp_path) -> None:
         status = result.stdout.rsplit("\n", 1)[-1]
         assert result.returncode == 0 and status.startswith("2"), f"{line}\n{status}\n{result.stdout[:500]}"
     assert (tmp_path / "out.zip").stat().st_size > 0
+
+
+def test_every_operator_recipe_works(gateway, tmp_path) -> None:
+    lines = recipes("grpcurl", "operator") + recipes("curl", "operator")
+    assert len(lines) == 12
+    jobs = Jobs(gateway.address)
+    try:
+        for line in lines:
+            command = jobs.fill(line, gateway.address)
+            if line.startswith("curl "):
+                command = re.sub(r"^curl ", "curl -w '\\n%{http_code}' ", command)
+            else:
+                command = re.sub(r"^grpcurl ", f"{GRPCURL} ", command)
+            result = run(command, tmp_path)
+            assert result.returncode == 0 and result.stdout.strip(), f"{line}\n{result.stderr}"
+            if line.startswith("curl "):
+                assert result.stdout.rsplit("\n", 1)[-1].startswith("2"), f"{line}\n{result.stdout[:500]}"
+            if "RetryDeadLetters" in line or "dead-letters:retry" in line:
+                retried = json.loads(result.stdout.rsplit("\n", 1)[0] if line.startswith("curl ") else result.stdout)
+                assert retried.get("retriedJobIds", retried.get("retried_job_ids")) == re.findall(r"[0-9a-f-]{36}", command)
+        with Client(gateway.address, token=TOKEN) as client:  # the last line resumed intake
+            assert client.initiate(SMALL_IDS[:1]).state == pb.JOB_STATE_QUEUED
+    finally:
+        with credentials.sync_channel(gateway.address, OPERATOR_TOKEN) as channel:  # whatever failed
+            apb_grpc.AdminServiceStub(channel).ResumeIntake(apb.ResumeIntakeRequest())
 
 
 def test_every_longhaul_command_works(gateway, tmp_path) -> None:

@@ -9,6 +9,7 @@ import json
 import pytest
 from google.api import annotations_pb2
 
+from longhaul.admin.v1 import admin_pb2 as apb
 from longhaul.download.v1 import download_pb2 as pb
 from tests.conftest import SMALL_IDS
 from tests.web_clients import rest
@@ -89,9 +90,19 @@ def test_file_ids_are_json_numbers_and_64_bit_fields_strings(gateway) -> None:
     assert isinstance(created["job"]["seq"], str)
 
 
+def _json_value(field):
+    """A value of the field's JSON type."""
+    if field.is_repeated:
+        return []
+    if field.type == field.TYPE_MESSAGE:
+        return "60s" if field.message_type.full_name == "google.protobuf.Duration" else {}
+    return {field.TYPE_STRING: "", field.TYPE_BOOL: False}.get(field.type, 0)
+
+
 def test_the_gateway_knows_every_body_field_of_the_contract(gateway) -> None:
     """gateway/rest_guard.lua lists each POST body's fields: none of the contract's may be refused."""
-    for method in pb.DESCRIPTOR.services_by_name["DownloadService"].methods:
+    services = [pb.DESCRIPTOR.services_by_name["DownloadService"], apb.DESCRIPTOR.services_by_name["AdminService"]]
+    for method in (method for service in services for method in service.methods):
         rule = method.GetOptions().Extensions[annotations_pb2.http]
         if not rule.post or rule.body != "*":
             continue
@@ -99,7 +110,7 @@ def test_the_gateway_knows_every_body_field_of_the_contract(gateway) -> None:
         for field in method.input_type.fields:
             if field.name in bound:
                 continue
-            value = [] if field.is_repeated else ("" if field.type == field.TYPE_STRING else 0)
+            value = _json_value(field)
             path = rule.post.replace("{job_id}", "00000000-0000-4000-8000-000000000000")
             for name in (field.name, field.json_name):
                 status, _, reply = rest(gateway.port, "POST", path, {name: value})

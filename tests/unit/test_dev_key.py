@@ -1,4 +1,5 @@
-"""The run command's development key: made once, and the key file it lives in keeps every other key."""
+"""The run command's development keys (a tenant's and an operator's): made once, and the key file they live
+in keeps every other key."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def test_keys_added_to_the_dev_key_file_survive_the_next_run(tmp_path: Path) -> 
 
     second = credentials_of_a_run(tmp_path)
     assert second.dev_key == first.dev_key
+    assert second.operator_key == first.operator_key
     keys = KeyFile(second.settings.api_keys_file)
-    assert keys.tenant(key) == "team-b", "the added key still works"
-    assert keys.tenant(second.dev_key) == "dev"
-    assert len(key_file.read_text().splitlines()) == 2, "the development key is not written twice"
+    assert keys.entry(key).tenant == "team-b", "the added key still works"
+    assert keys.entry(second.dev_key).tenant == "dev"
+    assert keys.entry(second.operator_key).operator == "dev-operator"
+    assert len(key_file.read_text().splitlines()) == 3, "the development keys are not written twice"
