@@ -25,6 +25,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from jobs.connections import redis_client
 from jobs.keys import Keys
+from longhaul.admin.v1 import admin_pb2 as apb
+from longhaul.admin.v1 import admin_pb2_grpc as apb_grpc
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server import apikeys
@@ -54,12 +56,14 @@ async def refused(call) -> grpc.aio.AioRpcError:
 
 
 def every_guarded_call(channel: grpc.aio.Channel, metadata: tuple = ()) -> list:
-    """One call of each RPC of both services (empty requests: the door comes before validation)."""
+    """One call of each RPC of our three services (empty requests: the door comes before validation)."""
     stub, ops = pb_grpc.DownloadServiceStub(channel), operations_pb2_grpc.OperationsStub(channel)
     calls = []
-    for method in pb.DESCRIPTOR.services_by_name["DownloadService"].methods:
-        request = getattr(pb, method.input_type.name)()
-        calls.append((method.name, getattr(stub, method.name)(request, metadata=metadata)))
+    admin = apb_grpc.AdminServiceStub(channel)
+    for module, service, service_stub in ((pb, "DownloadService", stub), (apb, "AdminService", admin)):
+        for method in module.DESCRIPTOR.services_by_name[service].methods:
+            request = getattr(module, method.input_type.name)()
+            calls.append((method.name, getattr(service_stub, method.name)(request, metadata=metadata)))
     for name, request in (
         ("GetOperation", operations_pb2.GetOperationRequest()),
         ("ListOperations", operations_pb2.ListOperationsRequest()),
@@ -77,7 +81,7 @@ def every_guarded_call(channel: grpc.aio.Channel, metadata: tuple = ()) -> list:
 async def test_every_rpc_but_health_and_reflection_needs_credentials(stack) -> None:
     async with grpc.aio.insecure_channel(stack.address) as channel:
         calls = every_guarded_call(channel)
-        assert len(calls) == 6 + 5
+        assert len(calls) == 7 + 6 + 5
         for name, call in calls:
             code, message = rpc_error(await refused(call))
             assert code == grpc.StatusCode.UNAUTHENTICATED, name
