@@ -5,6 +5,7 @@
     {p}:job:{id}:gone     string  tombstone kept after the record expires (value: the tenant), so the
                                   job reads EXPIRED to its owner
     {p}:t:{t}:jobs        zset    the tenant's jobs for listing, members "{created_ms:013d}:{id}" by lex
+    {p}:jobs              zset    every tenant's jobs, the same way (for operators)
     {p}:t:{t}:active      set     the tenant's QUEUED and RUNNING job ids (the active-jobs quota)
     {p}:t:{t}:idem:{rid}  string  the tenant's idempotency key -> "{job_id} {fingerprint}"
     {p}:t:{t}:rate:{sec}  string  the tenant's requests in one second (the rate limit), expires
@@ -79,6 +80,10 @@ class Keys:
 
     def rate(self, slug: str, second: int) -> str:
         return f"{self.tenant(slug)}:rate:{second}"
+
+    @property
+    def all_jobs(self) -> str:
+        return f"{self.prefix}:jobs"
 
     @property
     def live(self) -> str:

@@ -9,13 +9,15 @@ from typing import Any, cast
 
 import grpc
 
-from jobs.dead_letters import DeadLetterFilter, DeadLetters
+from jobs.dead_letters import DeadLetters
 from jobs.errors import JobsError
+from jobs.index_scan import IndexScan, JobFilter, Listing
 from jobs.intake import DEFAULT_RETRY_AFTER_S, Intake, Pause
 from jobs.logs import bind
 from jobs.model import F, State
 from jobs.queue import JobQueue
 from jobs.store import JobStore
+from jobs.tenants import tenant_slug
 from jobs.workers import WorkerRegistry
 from longhaul.admin.v1 import admin_pb2 as apb
 from longhaul.admin.v1 import admin_pb2_grpc as apb_grpc
@@ -75,15 +77,30 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         where = admin_validation.dead_letter_filter(request.filter)
         page_size, page_token = validation.page(request)
         reply = apb.ListDeadLettersResponse()
-        scan = self._dead_letters.scan(where, after=page_token)
-        async for letter in scan:
-            reply.dead_letters.add(job=to_job(letter.record, self._presigner), tenant=letter.tenant, trace_id=letter.trace_id)
-            if len(reply.dead_letters) == page_size:
-                reply.next_page_token = letter.member
-                break
-        else:
-            reply.next_page_token = scan.resume_after
+        reply.next_page_token = await self._page(self._dead_letters.scan(where, after=page_token), page_size, reply.dead_letters)
         return reply
+
+    @grpc_errors
+    async def ListJobs(self, request: apb.ListJobsRequest, context: Any) -> apb.ListJobsResponse:
+        self._operator(context)
+        where = admin_validation.job_filter(request.filter)
+        page_size, page_token = validation.page(request)
+        keys = self._store.keys
+        # One tenant's jobs are in its own index: no need to walk everyone's.
+        index = keys.index(tenant_slug(where.tenant)) if where.tenant else keys.all_jobs
+        listing = Listing(IndexScan(self._store.redis, keys, index, where.since_ms, where.before_ms, page_token), where)
+        reply = apb.ListJobsResponse()
+        reply.next_page_token = await self._page(listing, page_size, reply.jobs)
+        return reply
+
+    async def _page(self, listing: Listing, page_size: int, entries: Any) -> str:
+        """Adds up to `page_size` of the listing's jobs to `entries` (a repeated JobEntry); the token
+        of the page after."""
+        async for found in listing:
+            entries.add(job=to_job(found.record, self._presigner), tenant=found.tenant, trace_id=found.trace_id)
+            if len(entries) == page_size:
+                return found.member
+        return listing.resume_after
 
     @grpc_errors
     async def RetryDeadLetters(self, request: apb.RetryDeadLettersRequest, context: Any) -> apb.RetryDeadLettersResponse:
@@ -125,7 +142,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
     async def _each(
         self,
         job_ids: list[str],
-        where: DeadLetterFilter,
+        where: JobFilter,
         act: Callable[[str, str], Awaitable[None]],
         not_done: Any,
     ) -> bool:
@@ -188,7 +205,7 @@ def _intake(pause: Pause | None) -> apb.Intake:
     return intake
 
 
-def _selection(job_ids: list[str], where: DeadLetterFilter) -> str:
+def _selection(job_ids: list[str], where: JobFilter) -> str:
     """What a bulk call was asked to act on, for the audit line."""
     if job_ids:
         return "jobs " + ", ".join(job_ids[:10]) + (f" and {len(job_ids) - 10} more" if len(job_ids) > 10 else "")

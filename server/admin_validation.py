@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.dead_letters import DeadLetterFilter
+from jobs.index_scan import JobFilter
 from longhaul.admin.v1 import admin_pb2 as apb
 from longhaul.download.v1 import download_pb2 as pb
 from server.validation import InvalidRequest, job_id
@@ -15,26 +15,55 @@ MAX_REASON_LEN = 500
 MAX_RETRY_AFTER_S = 3600
 
 
-def dead_letter_filter(message: apb.DeadLetterFilter, field: str = "filter") -> DeadLetterFilter:
+def dead_letter_filter(message: apb.DeadLetterFilter) -> JobFilter:
+    """The filter's times are when the jobs failed."""
     violations: list[tuple[str, str]] = []
-    error_code = ""
-    if message.error_code:
-        name = pb.JobErrorCode.Name(message.error_code) if message.error_code in pb.JobErrorCode.values() else ""
-        if not name:
-            violations.append((f"{field}.error_code", f"unknown error code {message.error_code}"))
-        error_code = name.removeprefix("JOB_ERROR_CODE_")
-    after = message.failed_after.ToMilliseconds() if message.HasField("failed_after") else 0
-    before = message.failed_before.ToMilliseconds() if message.HasField("failed_before") else 0
-    if after < 0 or before < 0:
-        violations.append((f"{field}.failed_after", "times before 1970 match nothing; leave it unset"))
-    elif after and before and after >= before:
-        violations.append((f"{field}.failed_before", "must be later than failed_after"))
+    error_code = _error_code(message.error_code, "filter.error_code", violations)
+    since, before = _times(message, "failed_after", "failed_before", violations)
     if violations:
         raise InvalidRequest(violations)
-    return DeadLetterFilter(message.tenant, error_code, after, before)
+    return JobFilter(tenant=message.tenant, error_code=error_code, since_ms=since, before_ms=before)
 
 
-def bulk(request: Any) -> tuple[list[str], DeadLetterFilter]:
+def job_filter(message: apb.JobFilter) -> JobFilter:
+    """The filter's times are when the jobs were created."""
+    violations: list[tuple[str, str]] = []
+    error_code = _error_code(message.error_code, "filter.error_code", violations)
+    state = ""
+    if message.state:
+        name = pb.JobState.Name(message.state) if message.state in pb.JobState.values() else ""
+        if not name:
+            violations.append(("filter.state", f"unknown state {message.state}"))
+        state = name.removeprefix("JOB_STATE_")
+    if state == "EXPIRED":
+        violations.append(("filter.state", "expired jobs have no record left to list"))
+    since, before = _times(message, "created_after", "created_before", violations)
+    if violations:
+        raise InvalidRequest(violations)
+    return JobFilter(tenant=message.tenant, state=state, error_code=error_code, since_ms=since, before_ms=before)
+
+
+def _error_code(value: int, field: str, violations: list[tuple[str, str]]) -> str:
+    if not value:
+        return ""
+    if value not in pb.JobErrorCode.values():
+        violations.append((field, f"unknown error code {value}"))
+        return ""
+    return pb.JobErrorCode.Name(value).removeprefix("JOB_ERROR_CODE_")
+
+
+def _times(message: Any, after_field: str, before_field: str, violations: list[tuple[str, str]]) -> tuple[int, int]:
+    """(since, before) in ms, 0 where unset, from the message's two Timestamp fields."""
+    since = getattr(message, after_field).ToMilliseconds() if message.HasField(after_field) else 0
+    before = getattr(message, before_field).ToMilliseconds() if message.HasField(before_field) else 0
+    if since < 0 or before < 0:
+        violations.append((f"filter.{after_field if since < 0 else before_field}", "times before 1970 match nothing; leave it unset"))
+    elif since and before and since >= before:
+        violations.append((f"filter.{before_field}", f"must be later than {after_field}"))
+    return since, before
+
+
+def bulk(request: Any) -> tuple[list[str], JobFilter]:
     """(job ids, filter) of a RetryDeadLetters or DiscardDeadLetters request: the ids named, or else
     every dead letter the filter matches (an empty filter only with `all`)."""
     where = dead_letter_filter(request.filter)

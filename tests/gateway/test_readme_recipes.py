@@ -96,7 +96,7 @@ def test_every_curl_recipe_works(gateway, tmp_path) -> None:
 
 def test_every_operator_recipe_works(gateway, tmp_path) -> None:
     lines = recipes("grpcurl", "operator") + recipes("curl", "operator")
-    assert len(lines) == 12
+    assert len(lines) == 14
     jobs = Jobs(gateway.address)
     try:
         for line in lines:

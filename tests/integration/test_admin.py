@@ -13,6 +13,8 @@ import pytest
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from jobs.connections import redis_client
+from jobs.keys import Keys
 from longhaul.admin.v1 import admin_pb2 as apb
 from longhaul.admin.v1 import admin_pb2_grpc as apb_grpc
 from longhaul.download.v1 import download_pb2 as pb
@@ -34,7 +36,7 @@ async def refused(call) -> grpc.aio.AioRpcError:
     return error.value
 
 
-async def dead_letters(stack, **filter_fields: object) -> list[apb.DeadLetter]:
+async def dead_letters(stack, **filter_fields: object) -> list[apb.JobEntry]:
     request = apb.ListDeadLettersRequest(filter=apb.DeadLetterFilter(**filter_fields), page_size=1000)
     return list((await admin(stack).ListDeadLetters(request, metadata=OPERATOR)).dead_letters)
 
@@ -87,6 +89,49 @@ async def test_queue_stats_count_where_jobs_wait_and_show_what_each_worker_runs(
     assert [(w.name, list(w.running_job_ids)) for w in stats.workers] == [("test-worker-1", [jobs[0].job_id])]
     assert (stats.fresh, stats.waiting, stats.active, stats.live) == (0, 2, 1, 3)
     assert stats.workers[0].last_seen_time.ToMilliseconds() > (time.time() - 15) * 1000
+
+
+async def test_jobs_across_tenants_are_listed_filtered_and_paged(make_stack) -> None:
+    stack = await make_stack(workers=0)
+    theirs_metadata = credentials.bearer(credentials.OTHER_TOKEN)
+    first = await initiate(stack.stub, SMALL_IDS[:1])
+    between = apb.JobFilter()
+    between.created_after.FromMilliseconds(int(time.time() * 1000) + 1)
+    await asyncio.sleep(0.002)  # the next job is created after that millisecond
+    theirs = await initiate(stack.stub, SMALL_IDS[:1], metadata=theirs_metadata)
+    cancelled = await initiate(stack.stub, SMALL_IDS[:1])
+    await stack.stub.CancelDownload(pb.CancelDownloadRequest(job_id=cancelled.job_id))
+
+    async def listed(page_size: int = 1000, page_token: str = "", **filter_fields: object) -> apb.ListJobsResponse:
+        request = apb.ListJobsRequest(filter=apb.JobFilter(**filter_fields), page_size=page_size, page_token=page_token)
+        return await admin(stack).ListJobs(request, metadata=OPERATOR)
+
+    everything = (await listed()).jobs
+    assert [(j.job.job_id, j.tenant) for j in everything] == [
+        (cancelled.job_id, credentials.TENANT), (theirs.job_id, credentials.OTHER_TENANT), (first.job_id, credentials.TENANT)
+    ], "newest first, every tenant"
+    assert [j.job.job_id for j in (await listed(tenant=credentials.OTHER_TENANT)).jobs] == [theirs.job_id]
+    assert [j.job.job_id for j in (await listed(state=pb.JOB_STATE_CANCELLED)).jobs] == [cancelled.job_id]
+    assert [j.job.job_id for j in (await listed(tenant=credentials.TENANT, state=pb.JOB_STATE_QUEUED)).jobs] == [first.job_id]
+    assert len((await listed(created_after=between.created_after)).jobs) == 2
+    assert [j.job.job_id for j in (await listed(created_before=between.created_after)).jobs] == [first.job_id]
+    page = await listed(page_size=2)
+    rest = await listed(page_size=2, page_token=page.next_page_token)
+    assert [j.job.job_id for j in [*page.jobs, *rest.jobs]] == [j.job.job_id for j in everything]
+    assert rest.next_page_token == ""
+
+    expired = apb.ListJobsRequest(filter=apb.JobFilter(state=pb.JOB_STATE_EXPIRED))
+    refusal = await refused(admin(stack).ListJobs(expired, metadata=OPERATOR))
+    assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT and "filter.state" in refusal.details()
+
+    await operations_pb2_grpc.OperationsStub(stack.channel).DeleteOperation(
+        operations_pb2.DeleteOperationRequest(name=f"operations/{cancelled.job_id}")
+    )
+    redis = redis_client(stack.settings)
+    try:
+        assert await redis.zcard(Keys(stack.settings.redis_prefix).all_jobs) == 2, "a forgotten job leaves the index"
+    finally:
+        await redis.aclose()
 
 
 async def test_dead_letters_are_listed_filtered_paged_retried_and_discarded(make_stack, caplog) -> None:
