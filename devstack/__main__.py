@@ -196,6 +196,7 @@ class Stack:
             f"  gRPC (direct) {', '.join(grpc for grpc, _ in listens)}",
             f"  Envoy         127.0.0.1:{self.envoy_port}   (admin 127.0.0.1:{self.envoy_admin_port})",
             f"  Web page      {page + '#token=' + self.dev_key if self.dev_key else page}",
+            f"  Operator page {page + 'admin' + ('#token=' + self.operator_key if self.operator_key else '')}",
             *(f"  {note}" for note in self.notes),
             f"  Servers       {self.servers} processes, behind Envoy",
             f"  Workers       {self.workers} processes",

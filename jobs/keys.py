@@ -18,6 +18,8 @@
     {p}:dead              zset    the dead letters (FAILED jobs an operator has not retried or discarded),
                                   members "{failed_ms:013d}:{id}" by lex
     {p}:intake            string  while intake is paused: who paused it, why, since when (JSON; jobs/intake.py)
+    {p}:stats:{minute}    hash    one minute of the queue's history (jobs/stats.py): jobs ended by state,
+                                  "failed:{code}" counts, the depth sampled; kept STATS_KEEP_S
     {p}:call:{c}          string  one forget call that forgot a job, kept two minutes so that the call
                                   repeated after a lost reply answers the same (lua/forget.lua)
     {p}:chore:{name}      string  a lease: the one worker process doing that chore this interval
@@ -50,6 +52,11 @@ INDEX_MEMBER_FORMAT = "%013d:%s"
 FRESH_SEPARATOR = " "
 IDEMPOTENCY_SEPARATOR = " "
 CHANNEL_SEPARATOR = "\n"
+# The queue's history: one bucket per minute (the minute's number since 1970), kept two hours; a
+# bucket's failures are counted under this prefix and the error code.
+MINUTE_MS = 60_000
+STATS_KEEP_S = 2 * 3600
+FAILED_PREFIX = "failed:"
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,9 @@ class Keys:
     @property
     def intake(self) -> str:
         return f"{self.prefix}:intake"
+
+    def stats(self, minute: int) -> str:
+        return f"{self.prefix}:stats:{minute}"
 
     def call(self, call_id: str) -> str:
         return f"{self.prefix}:call:{call_id}"

@@ -29,7 +29,7 @@ from jobs.errors import (
     RunSuperseded,
 )
 from jobs.intake import Pause
-from jobs.keys import Keys, index_member
+from jobs.keys import MINUTE_MS, Keys, index_member
 from jobs.model import PRIVATE_FIELDS, TERMINAL_STATES, ErrorCode, EventType, F, Phase, Priority, State
 from jobs.multiplex import MultiplexedRedis
 from jobs.replication import Replication
@@ -354,8 +354,9 @@ class JobStore:
         """Runs the transition script; `durable`: answers once the change is as replicated as the
         settings ask (replication.py), for changes a user was told of."""
         s = self.settings
+        now = now_ms()
         args: builtins.list[Any] = [
-            now_ms(),
+            now,
             s.event_history_len,
             self.keys.events_channel,
             event,
@@ -372,7 +373,7 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.dead]
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.dead, k.stats(now // MINUTE_MS)]
         if durable:
             outcome = await self._replication.write(f"the change of job {job_id}", self._transition, keys, args)
         else:

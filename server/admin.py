@@ -16,6 +16,7 @@ from jobs.intake import DEFAULT_RETRY_AFTER_S, Intake, Pause
 from jobs.logs import bind
 from jobs.model import F, State
 from jobs.queue import JobQueue
+from jobs.stats import QueueHistory
 from jobs.store import JobStore
 from jobs.tenants import tenant_slug
 from jobs.workers import WorkerRegistry
@@ -47,6 +48,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         self._presigner = presigner
         self._dead_letters = DeadLetters(store.redis, store.keys)
         self._intake = Intake(store.redis, store.keys)
+        self._history = QueueHistory(store.redis, store.keys, store, queue)
 
     def _operator(self, context: grpc.aio.ServicerContext) -> str:
         operator = self._authenticator.operator(context.invocation_metadata() or ())
@@ -56,12 +58,12 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
     @grpc_errors
     async def GetQueueStats(self, request: apb.GetQueueStatsRequest, context: Any) -> apb.GetQueueStatsResponse:
         self._operator(context)
-        counts = await self._queue.counts()
+        now = await self._history.sample()
         reply = apb.GetQueueStatsResponse(
-            fresh=await self._store.fresh_count(),
-            waiting=counts["waiting"] + counts["prioritized"],
-            delayed=counts["delayed"],
-            active=counts["active"],
+            fresh=now.fresh,
+            waiting=now.waiting,
+            delayed=now.delayed,
+            active=now.active,
             live=await self._store.live_count(),
             dead_letters=await self._dead_letters.count(),
             intake=_intake(await self._intake.paused()),
@@ -78,6 +80,24 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         page_size, page_token = validation.page(request)
         reply = apb.ListDeadLettersResponse()
         reply.next_page_token = await self._page(self._dead_letters.scan(where, after=page_token), page_size, reply.dead_letters)
+        return reply
+
+    @grpc_errors
+    async def GetQueueHistory(self, request: apb.GetQueueHistoryRequest, context: Any) -> apb.GetQueueHistoryResponse:
+        self._operator(context)
+        reply = apb.GetQueueHistoryResponse()
+        for minute in await self._history.last():
+            entry = reply.minutes.add(
+                completed=minute.ended.get(State.COMPLETED, 0),
+                failed=minute.ended.get(State.FAILED, 0),
+                cancelled=minute.ended.get(State.CANCELLED, 0),
+                failures=minute.failures,
+            )
+            entry.start_time.FromMilliseconds(minute.start_ms)
+            if minute.queued is not None:
+                entry.queued = minute.queued
+            if minute.running is not None:
+                entry.running = minute.running
         return reply
 
     @grpc_errors

@@ -57,7 +57,8 @@ def _times(message: Any, after_field: str, before_field: str, violations: list[t
     since = getattr(message, after_field).ToMilliseconds() if message.HasField(after_field) else 0
     before = getattr(message, before_field).ToMilliseconds() if message.HasField(before_field) else 0
     if since < 0 or before < 0:
-        violations.append((f"filter.{after_field if since < 0 else before_field}", "times before 1970 match nothing; leave it unset"))
+        field = after_field if since < 0 else before_field
+        violations.append((f"filter.{field}", "times before 1970 match nothing; leave it unset"))
     elif since and before and since >= before:
         violations.append((f"filter.{before_field}", f"must be later than {after_field}"))
     return since, before

@@ -13,6 +13,7 @@
     GET /v1/download/{job_id}/file   302 to a fresh presigned URL once COMPLETED, 409 with the state before
                                      (authenticated and rate limited like the gRPC API)
     GET / and its files              the browser page (clients/web, built by `make web` into dist/)
+    GET /admin                       the operators' page (same build)
 
 Envoy routes these paths here; everything else is gRPC (native, grpc-web, or transcoded REST).
 """
@@ -42,7 +43,9 @@ from server.ratelimit import RateLimiter
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "clients" / "web" / "dist"
 # The page's files, and only these, are served: nothing else under the directory leaks.
-WEB_FILES = ("index.html", "app.js", "app.js.map", "style.css")
+WEB_FILES = ("index.html", "app.js", "app.js.map", "style.css", "admin.html", "admin.js", "admin.js.map")
+# Addresses without a file name: the downloads page, and the operators' page.
+WEB_PAGES = {"/": "index.html", "/admin": "admin.html"}
 
 
 def _json(status: int, body: dict[str, Any], headers: Any = ()) -> web.Response:
@@ -97,7 +100,8 @@ class HttpSide:
         app.router.add_get("/queue-depth", self._queue_depth)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/download/{job_id}/file", self._file)
-        app.router.add_get("/", self._page)
+        for page in WEB_PAGES:
+            app.router.add_get(page, self._page)
         for name in WEB_FILES:
             app.router.add_get(f"/{name}", self._page)
         self._runner = web.AppRunner(app, access_log=None)
@@ -113,7 +117,7 @@ class HttpSide:
             await self._runner.cleanup()
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        path = WEB_DIR / (request.path.lstrip("/") or "index.html")
+        path = WEB_DIR / WEB_PAGES.get(request.path, request.path.lstrip("/"))
         if not path.is_file():
             return web.Response(status=404, text="The web page is not built: run `make web` (make run does).\n")
         # The page is small and changes with each build: browsers revalidate it every time.

@@ -8,6 +8,8 @@ reconcile: put back in the queue every job not yet finished that the queue has l
            record the outcome, or restarted from an older state)
 leftovers: abort multipart uploads no run will finish, delete artifacts no job owns (leftovers.py);
            one worker process a round does it, since it lists the bucket
+stats:     sample the queue's depth into the minute's bucket of its history (jobs/stats.py); one worker
+           process a round
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from jobs.model import TERMINAL_STATES, F, Priority, State
 from jobs.queue import JobQueue, QueueEntry, entry_id
 from jobs.schedule import Schedule
 from jobs.settings import Settings
+from jobs.stats import QueueHistory
 from jobs.store import JobStore, now_ms
 from worker.leftovers import LeftoverSweeper
 
@@ -41,6 +44,7 @@ class Housekeeper:
         self._sweep = Schedule(redis, store.keys.sweep)
         self._live = Schedule(redis, store.keys.live)
         self._leftovers = LeftoverSweeper(settings, redis, store.keys, s3)
+        self._history = QueueHistory(redis, store.keys, store, queue)
         # A chore whose taker died is taken again after this long.
         self._lease_ms = int(max(settings.housekeeping_interval_s * 5, 1) * 1000)
 
@@ -52,6 +56,8 @@ class Housekeeper:
             try:
                 await self.sweep()
                 await self.reconcile()
+                if await self._ours("stats"):
+                    await self._history.sample()
                 if await self._ours("leftovers"):
                     await self._leftovers.abort_stale_uploads()
                     await self._leftovers.delete_orphans()

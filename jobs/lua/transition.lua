@@ -6,7 +6,7 @@
 -- superseded run may still finish an upload) for when the job expires.
 -- A job that ends also leaves its tenant's active set (the quota), named by the record's tenant_key,
 -- and the live jobs the reconciler checks.
--- KEYS: job, events, tombstone, sweep, live jobs, dead letters
+-- KEYS: job, events, tombstone, sweep, live jobs, dead letters, this minute's stats (jobs/stats.py)
 -- ARGV: now_ms, history_len, channel, event_type, expect_token ("" = any), claim_token ("" = none),
 --       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), call, history_ttl_s,
 --       expect_retries ("" = any: the claim's run), field, value, ...
@@ -70,10 +70,15 @@ if new_state and TERMINAL[new_state] then
   redis.call("ZADD", KEYS[4], tonumber(ARGV[1]) + tonumber(ARGV[7]) * 1000, artifact_key(owner[2], ARGV[9]))
   redis.call("SREM", owner[2] .. ACTIVE_SUFFIX, ARGV[9])
   redis.call("ZREM", KEYS[5], ARGV[9])
+  redis.call("HINCRBY", KEYS[7], new_state, 1)
   if new_state == STATE.FAILED then
     -- A failure is for good (transient errors are retried before it): a dead letter for operators.
     local failed_ms = tonumber(redis.call("HGET", KEYS[1], F.FINISHED_MS) or ARGV[1])
     redis.call("ZADD", KEYS[6], 0, string.format(INDEX_MEMBER_FORMAT, failed_ms, ARGV[9]))
+    -- (A failure without a code counts as INTERNAL, as the failure metric counts it: jobs/store.py.)
+    local failure = cjson.decode(redis.call("HGET", KEYS[1], F.ERROR) or "{}")
+    redis.call("HINCRBY", KEYS[7], FAILED_PREFIX .. (failure.code or "INTERNAL"), 1)
   end
+  redis.call("EXPIRE", KEYS[7], STATS_KEEP_S)
 end
 return answer(seq, payload)

@@ -91,6 +91,20 @@ async def test_queue_stats_count_where_jobs_wait_and_show_what_each_worker_runs(
     assert stats.workers[0].last_seen_time.ToMilliseconds() > (time.time() - 15) * 1000
 
 
+async def test_the_last_hour_counts_endings_by_state_and_failures_by_code(stack) -> None:
+    for ids in (SMALL_IDS[:1], SMALL_IDS[1:2], MISSING_IDS):
+        await wait_done(stack.stub, (await initiate(stack.stub, ids)).job_id)
+    await stack.stub.CancelDownload(pb.CancelDownloadRequest(job_id=(await initiate(stack.stub, SMALL_IDS[:1])).job_id))
+
+    minutes = (await admin(stack).GetQueueHistory(apb.GetQueueHistoryRequest(), metadata=OPERATOR)).minutes
+    current = minutes[-1].start_time.ToMilliseconds()
+    assert len(minutes) == 60 and current <= time.time() * 1000 < current + 60_000
+    assert (sum(m.completed for m in minutes), sum(m.failed for m in minutes), sum(m.cancelled for m in minutes)) == (2, 1, 1)
+    assert [dict(m.failures) for m in minutes if m.failures] == [{"ALL_FILES_MISSING": 1}]
+    assert minutes[-1].HasField("queued") and minutes[-1].HasField("running"), "the current minute is sampled when read"
+    assert not minutes[0].HasField("queued"), "nobody sampled an hour ago"
+
+
 async def test_jobs_across_tenants_are_listed_filtered_and_paged(make_stack) -> None:
     stack = await make_stack(workers=0)
     theirs_metadata = credentials.bearer(credentials.OTHER_TOKEN)

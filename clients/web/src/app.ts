@@ -3,12 +3,13 @@
 import { fromJson, toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
-import { setToken, takeTokenFromLink, token, withToken } from "./credentials";
+import { credentials } from "./credentials";
 import { DownloadService, JobErrorCode, JobPhase, JobSchema, JobState, type Job } from "./gen/longhaul/download/v1/download_pb";
 import { load, store, type Saved } from "./saved";
 import { newTrace, traceIdOf, withTrace } from "./tracing";
 import { TERMINAL, watchJob } from "./watch";
 
+const { setToken, takeTokenFromLink, token, withToken } = credentials("longhaul.token.v1");
 takeTokenFromLink();
 const client = createClient(
   DownloadService,
