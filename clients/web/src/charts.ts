@@ -6,6 +6,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const WIDTH = 600;
 const HEIGHT = 140;
 const PAD = 24;
+const RIGHT = WIDTH - 8; // room for the last point's dot
 
 export interface Series {
   name: string;
@@ -26,7 +27,7 @@ function frame(svg: SVGSVGElement, summary: string, top: number): void {
   svg.setAttribute("aria-label", summary);
   const title = svgNode("title", {});
   title.textContent = summary;
-  svg.append(title, svgNode("line", { x1: PAD, y1: HEIGHT - PAD, x2: WIDTH, y2: HEIGHT - PAD, class: "axis" }));
+  svg.append(title, svgNode("line", { x1: PAD, y1: HEIGHT - PAD, x2: RIGHT, y2: HEIGHT - PAD, class: "axis" }));
   const label = svgNode("text", { x: 0, y: PAD - 8, class: "tick" });
   label.textContent = String(top);
   svg.append(label);
@@ -42,11 +43,11 @@ export function lineChart(svg: SVGSVGElement, series: Series[], summary: string)
   frame(svg, summary, top);
   const y = scale(top);
   for (const s of series) {
-    const step = (WIDTH - PAD) / Math.max(1, s.values.length - 1);
-    const points = s.values
-      .map((value, i) => (value === null ? null : `${PAD + i * step},${y(value)}`))
-      .filter((point): point is string => point !== null);
+    const step = (RIGHT - PAD) / Math.max(1, s.values.length - 1);
+    const points = s.values.flatMap((value, i) => (value === null ? [] : [[PAD + i * step, y(value)]]));
     svg.append(svgNode("polyline", { points: points.join(" "), class: `series ${s.className}`, "data-series": s.name }));
+    // Each figure as a dot too: minutes nobody sampled leave gaps, and a lone figure has no line.
+    for (const [x, at] of points) svg.append(svgNode("circle", { cx: x, cy: at, r: 3, class: `series ${s.className}` }));
   }
 }
 
@@ -57,7 +58,7 @@ export function stackedBars(svg: SVGSVGElement, series: Series[], summary: strin
   const top = Math.max(1, ...totals);
   frame(svg, summary, top);
   const y = scale(top);
-  const width = (WIDTH - PAD) / Math.max(1, points);
+  const width = (RIGHT - PAD) / Math.max(1, points);
   for (let i = 0; i < points; i++) {
     let base = 0;
     for (const s of series) {
