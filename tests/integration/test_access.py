@@ -81,7 +81,7 @@ def every_guarded_call(channel: grpc.aio.Channel, metadata: tuple = ()) -> list:
 async def test_every_rpc_but_health_and_reflection_needs_credentials(stack) -> None:
     async with grpc.aio.insecure_channel(stack.address) as channel:
         calls = every_guarded_call(channel)
-        assert len(calls) == 7 + 6 + 5
+        assert len(calls) == 7 + 8 + 5
         for name, call in calls:
             code, message = rpc_error(await refused(call))
             assert code == grpc.StatusCode.UNAUTHENTICATED, name
