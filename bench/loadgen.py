@@ -5,8 +5,10 @@ with a fixed number of calls in flight, for a fixed time."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import multiprocessing
+import multiprocessing.pool
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -53,7 +55,8 @@ async def _drive(one: Callable[[], Awaitable[bool]], load: UnaryLoad | HttpLoad)
     window: (calls that succeeded in the window, failed calls, the window's latencies in seconds)."""
     latencies: list[float] = []
     errors = 0
-    measure_from = time.perf_counter() + load.warmup_s
+    # A short run (the smoke run's) warms up no longer than it measures.
+    measure_from = time.perf_counter() + min(load.warmup_s, load.duration_s)
     stop_at = measure_from + load.duration_s
 
     async def caller() -> None:
@@ -110,10 +113,23 @@ def http(load: HttpLoad, processes: int) -> tuple[float, list[float], int]:
     return _spread(_run_http, load, processes)
 
 
+# The load processes, started once and kept for every measurement after: starting Python with grpc
+# and aiohttp costs about a second a process, which a run of many short measurements paid each time.
+_pools: dict[int, multiprocessing.pool.Pool] = {}
+
+
+def _pool(processes: int) -> multiprocessing.pool.Pool:
+    pool = _pools.get(processes)
+    if pool is None:
+        pool = _pools[processes] = multiprocessing.get_context("spawn").Pool(processes)
+        atexit.register(pool.terminate)
+    return pool
+
+
 def _spread(run: Callable[[L], tuple[int, int, list[float]]], load: L, processes: int) -> tuple[float, list[float], int]:
     share = dataclasses.replace(load, in_flight=max(load.in_flight // processes, 1))
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        results = pool.map(run, [share] * processes)
+    # One task each: a process runs its share for the whole window, so each takes one.
+    results = _pool(processes).map(run, [share] * processes, chunksize=1)
     calls = sum(r[0] for r in results)
     latencies = [latency for r in results for latency in r[2]]
     return calls / load.duration_s, latencies, sum(r[1] for r in results)
