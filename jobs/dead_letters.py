@@ -26,7 +26,7 @@ class DeadLetters:
     def scan(self, where: JobFilter, after: str = "", budget: int = 10_000) -> Listing:
         """The dead letters that match, newest failure first; the filter's times are failure times."""
         index = IndexScan(
-            self._redis, self._keys, self._keys.dead, where.since_ms, where.before_ms, after, budget, _not_failed_as
+            self._redis, self._keys, [self._keys.dead], where.since_ms, where.before_ms, after, budget, _not_failed_as
         )
         return Listing(index, where)
 

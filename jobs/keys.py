@@ -5,7 +5,8 @@
     {p}:job:{id}:gone     string  tombstone kept after the record expires (value: the tenant), so the
                                   job reads EXPIRED to its owner
     {p}:t:{t}:jobs        zset    the tenant's jobs for listing, members "{created_ms:013d}:{id}" by lex
-    {p}:jobs              zset    every tenant's jobs, the same way (for operators)
+    {p}:tenants           set     the prefix of every tenant's keys (Keys.tenant): whose indexes an
+                                  operator's listing across tenants merges
     {p}:t:{t}:active      set     the tenant's QUEUED and RUNNING job ids (the active-jobs quota)
     {p}:t:{t}:idem:{rid}  string  the tenant's idempotency key -> "{job_id} {fingerprint}"
     {p}:t:{t}:rate:{sec}  string  the tenant's requests in one second (the rate limit), expires
@@ -89,8 +90,8 @@ class Keys:
         return f"{self.tenant(slug)}:rate:{second}"
 
     @property
-    def all_jobs(self) -> str:
-        return f"{self.prefix}:jobs"
+    def tenants(self) -> str:
+        return f"{self.prefix}:tenants"
 
     @property
     def live(self) -> str:

@@ -112,7 +112,7 @@ class JobStore:
         if tracing.enabled() and (traceparent := tracing.current_traceparent()):
             fields[F.TRACEPARENT] = traceparent
         k = self.keys
-        keys = [k.job(job_id), k.index(slug), k.active(slug), k.live, k.fresh, k.intake, k.all_jobs]
+        keys = [k.job(job_id), k.index(slug), k.active(slug), k.live, k.fresh, k.intake, k.tenants]
         if request_id:
             keys.append(k.idempotency(slug, request_id))
         args: list[Any] = [
@@ -145,9 +145,7 @@ class JobStore:
         """Removes every trace of one of `tenant`'s jobs (None: any job), whatever its state; its artifact
         is deleted soon after. Also undoes a create whose enqueue failed, so it leaves nothing behind."""
         k = self.keys
-        keys = [
-            k.job(job_id), k.events(job_id), k.tombstone(job_id), k.live, k.sweep, k.call(self.new_call()), k.dead, k.all_jobs
-        ]
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.live, k.sweep, k.call(self.new_call()), k.dead]
         forgotten = await self._forget(keys=keys, args=[job_id, now_ms(), tenant or ""])
         self.on_write(job_id)
         if not forgotten:

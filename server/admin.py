@@ -13,6 +13,7 @@ from jobs.dead_letters import DeadLetters
 from jobs.errors import JobsError
 from jobs.index_scan import IndexScan, JobFilter, Listing
 from jobs.intake import DEFAULT_RETRY_AFTER_S, Intake, Pause
+from jobs.keys import INDEX_SUFFIX
 from jobs.logs import bind
 from jobs.model import F, State
 from jobs.queue import JobQueue
@@ -106,9 +107,12 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         where = admin_validation.job_filter(request.filter)
         page_size, page_token = validation.page(request)
         keys = self._store.keys
-        # One tenant's jobs are in its own index: no need to walk everyone's.
-        index = keys.index(tenant_slug(where.tenant)) if where.tenant else keys.all_jobs
-        listing = Listing(IndexScan(self._store.redis, keys, index, where.since_ms, where.before_ms, page_token), where)
+        if where.tenant:
+            indexes = [keys.index(tenant_slug(where.tenant))]
+        else:
+            tenants = cast(set[str], await self._store.redis.smembers(keys.tenants))  # decode_responses
+            indexes = [prefix + INDEX_SUFFIX for prefix in sorted(tenants)]
+        listing = Listing(IndexScan(self._store.redis, keys, indexes, where.since_ms, where.before_ms, page_token), where)
         reply = apb.ListJobsResponse()
         reply.next_page_token = await self._page(listing, page_size, reply.jobs)
         return reply

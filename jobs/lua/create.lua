@@ -1,12 +1,12 @@
--- Creates a job: record, the tenant's index and active set, every job's index, the live-jobs entry,
--- the relay's entry and the idempotency key, atomically, within the tenant's active-jobs quota.
+-- Creates a job: record, the tenant's index and active set (and the tenant in the set of tenants), the
+-- live-jobs entry, the relay's entry and the idempotency key, atomically, within the tenant's quota.
 -- A worker's relay pops the job from the fresh list and enqueues it (worker/relay.py). The live-jobs
 -- entry stays until the job ends, so the reconciler can put back in the queue a job that a relay
 -- or a worker lost on its way (worker/housekeeping.py).
 -- The history starts with the job's first change: a watch from the start opens with a snapshot,
 -- which says what the created event would (the history of a job yet to be claimed would cost a
 -- queued job a quarter of its memory and be read by nobody).
--- KEYS: job, tenant index, tenant active set, live jobs, fresh, intake pause, every job's index
+-- KEYS: job, tenant index, tenant active set, live jobs, fresh, intake pause, tenants
 --       [, tenant idempotency key]
 -- ARGV: job_id, fingerprint (with a request id), idempotency_ttl_s, index_member, trim_below, created_ms,
 --       the record's fields as one JSON object of strings (one argument, not two per field: each
@@ -52,11 +52,10 @@ for name, value in pairs(record) do
   fields[#fields + 1] = value
 end
 redis.call("HSET", KEYS[1], unpack(fields))
+redis.call("ZADD", KEYS[2], 0, ARGV[4])
 -- Forget index entries older than any job can still be remembered.
-for _, index in ipairs({KEYS[2], KEYS[7]}) do
-  redis.call("ZADD", index, 0, ARGV[4])
-  redis.call("ZREMRANGEBYLEX", index, "-", "(" .. ARGV[5])
-end
+redis.call("ZREMRANGEBYLEX", KEYS[2], "-", "(" .. ARGV[5])
+redis.call("SADD", KEYS[7], record[F.TENANT_KEY])
 redis.call("SADD", KEYS[3], job_id)
 redis.call("ZADD", KEYS[4], ARGV[6], job_id)
 redis.call("RPUSH", KEYS[5], job_id .. FRESH_SEPARATOR .. record[F.PRIORITY])

@@ -1,10 +1,10 @@
 -- Forgets a job (google.longrunning DeleteOperation): record, history, tombstone, the tenant's index,
--- active-set and idempotency entries, the live-jobs, dead-letter and every-job index entries; its
--- artifact is scheduled for deletion now.
+-- active-set and idempotency entries, the live-jobs and dead-letter entries; its artifact is scheduled
+-- for deletion now.
 -- A run still working on it finds the record gone at its next write and stops.
 -- The tenant's keys are named by the record (tenant_key), as in transition.lua.
 -- KEYS: job, events, tombstone, live jobs, sweep, call (kept 2 minutes once the call forgot something),
---       dead letters, every job's index
+--       dead letters
 -- ARGV: job_id, now_ms, tenant ("" = any)
 -- Returns 1 if there was something to forget, 0 if not (or not the tenant's). A call sent again
 -- because its reply was lost (a client repeats a command when the connection drops) finds its call
@@ -20,9 +20,7 @@ if not created then
 end
 if ARGV[3] ~= "" and tenant ~= ARGV[3] then return 0 end
 redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
-local member = string.format(INDEX_MEMBER_FORMAT, tonumber(created), ARGV[1])
-redis.call("ZREM", tenant_key .. INDEX_SUFFIX, member)
-redis.call("ZREM", KEYS[8], member)
+redis.call("ZREM", tenant_key .. INDEX_SUFFIX, string.format(INDEX_MEMBER_FORMAT, tonumber(created), ARGV[1]))
 redis.call("SREM", tenant_key .. ACTIVE_SUFFIX, ARGV[1])
 redis.call("ZREM", KEYS[4], ARGV[1])
 if job[5] then redis.call("ZREM", KEYS[7], string.format(INDEX_MEMBER_FORMAT, tonumber(job[5]), ARGV[1])) end
