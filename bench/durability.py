@@ -23,7 +23,8 @@ def run(env: BenchEnv, duration_s: float, rounds: int) -> list[Row]:
     replica = start_redis(free_port(), env.work / "replica", env.logs, extra_args=["--replicaof", "127.0.0.1", str(primary_port)])
     env.processes.append(replica)
     wait_for_replicas(primary_port, 1)
-    servers = {"primary": env.start_server()[1], "replicated": env.start_server(redis_wait_replicas=1)[1]}
+    started = env.start_servers([({}, {}), ({}, {"redis_wait_replicas": 1})])
+    servers = {"primary": started[0][1], "replicated": started[1][1]}
     request = pb.InitiateDownloadRequest(file_ids=[70000, 70007, 70014]).SerializeToString()
     rates: dict[str, list[float]] = {name: [] for name in servers}
     latencies: dict[str, list[float]] = {name: [] for name in servers}

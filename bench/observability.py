@@ -105,12 +105,13 @@ def run(env: BenchEnv, duration_s: float, rounds: int) -> list[Row]:
 def _measure(env: BenchEnv, duration_s: float, rounds: int, otlp_endpoint: str) -> list[Row]:
     tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint}
     sampled = tracing | {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
-    servers = {
-        "off": env.start_server(grpc_metrics=0),
-        "metrics": env.start_server(),
-        "sampled": env.start_server(extra_env=sampled),
-        "tracing": env.start_server(extra_env=tracing),
+    configs: dict[str, tuple[dict[str, str], dict[str, object]]] = {
+        "off": ({}, {"grpc_metrics": 0}),
+        "metrics": ({}, {}),
+        "sampled": (sampled, {}),
+        "tracing": (tracing, {}),
     }
+    servers = dict(zip(configs, env.start_servers(list(configs.values())), strict=True))
     requests: dict[str, dict[str, bytes]] = {method: {} for method in METHODS}
     for name, (_, address) in servers.items():
         with grpc.insecure_channel(address) as channel:

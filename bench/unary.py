@@ -28,8 +28,7 @@ LOAD_PROCESSES = 2
 
 
 def run(env: BenchEnv, duration_s: float, rounds: int) -> list[Row]:
-    _, address = env.start_server()
-    _, uncached_address = env.start_server(record_cache_size=0)
+    (_, address), (_, uncached_address) = env.start_servers([({}, {}), ({}, {"record_cache_size": 0})])
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.DownloadServiceStub(channel)
         job = stub.InitiateDownload(pb.InitiateDownloadRequest(file_ids=[70000]), metadata=env.metadata).job

@@ -178,7 +178,7 @@ def s3_client_kwargs(settings: Settings, endpoint: str | None = None) -> dict[st
         "config": Config(
             signature_version="s3v4",
             s3={"addressing_style": "path"},
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
             connect_timeout=5,
             read_timeout=60,
             max_pool_connections=64,

@@ -43,6 +43,9 @@ class Settings:
     # The endpoint written into presigned URLs: what users can reach (defaults to s3_endpoint).
     s3_public_endpoint: str = ""
     s3_region: str = "us-east-1"
+    # Tries of one S3 request, by botocore, before the failure reaches the job (which is then retried
+    # after RETRY_BASE_MS): 5 tries back off for up to about 15 s.
+    s3_max_attempts: int = 5
     s3_access_key_id: str = "longhaul"
     s3_secret_access_key: str = "longhaul-dev-secret"
     source_bucket: str = "downloads"
@@ -191,8 +194,8 @@ class Settings:
             raise ConfigError("need 0 <= DOWNLOAD_DELAY_MIN_MS <= DOWNLOAD_DELAY_MAX_MS")
         if self.upload_part_size < 5 * 1024 * 1024:
             raise ConfigError("UPLOAD_PART_SIZE must be at least 5 MiB (the S3 minimum part size)")
-        if self.max_attempts < 1:
-            raise ConfigError("JOB_MAX_ATTEMPTS must be at least 1")
+        if self.max_attempts < 1 or self.s3_max_attempts < 1:
+            raise ConfigError("JOB_MAX_ATTEMPTS and S3_MAX_ATTEMPTS must be at least 1")
         if self.heartbeat_s <= 0 or self.presign_ttl_s <= 0 or self.job_ttl_s <= 0 or self.event_history_ttl_s <= 0:
             raise ConfigError("HEARTBEAT_INTERVAL_S, PRESIGN_TTL_S, JOB_TTL_S and EVENT_HISTORY_TTL_S must be positive")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -230,6 +233,7 @@ ENV_VARS: dict[str, str] = {
     "S3_ENDPOINT": "s3_endpoint",
     "S3_PUBLIC_ENDPOINT": "s3_public_endpoint",
     "S3_REGION": "s3_region",
+    "S3_MAX_ATTEMPTS": "s3_max_attempts",
     "S3_ACCESS_KEY_ID": "s3_access_key_id",
     "S3_SECRET_ACCESS_KEY": "s3_secret_access_key",
     "S3_SOURCE_BUCKET": "source_bucket",
