@@ -7,6 +7,8 @@ out. A dead letter whose job has expired is dropped as soon as a listing meets i
 
 from __future__ import annotations
 
+from typing import cast
+
 from redis.asyncio import Redis
 
 from jobs.index_scan import IndexScan, JobFilter, Listing, job_id_of
@@ -35,13 +37,23 @@ class DeadLetters:
         member = await self._member(job_id)
         return member is not None and bool(await self._redis.zrem(self._keys.dead, member))
 
-    async def is_dead_letter(self, job_id: str) -> bool:
-        member = await self._member(job_id)
-        return member is not None and await self._redis.zscore(self._keys.dead, member) is not None
+    async def owner(self, job_id: str) -> tuple[str, str | None]:
+        """(the job's state, "" when it is gone; its tenant when it is a dead letter, else None)."""
+        fields = await self._redis.hmget(self._keys.job(job_id), F.STATE, F.TENANT, F.FINISHED_MS)
+        state, tenant, failed_ms = cast(list[str | None], fields)  # decode_responses (connections.py)
+        member = _member(job_id, state, failed_ms)
+        if member is None or await self._redis.zscore(self._keys.dead, member) is None:
+            return state or "", None
+        return state or "", tenant or ""
 
     async def _member(self, job_id: str) -> str | None:
-        state, failed_ms = await self._redis.hmget(self._keys.job(job_id), F.STATE, F.FINISHED_MS)
-        return index_member(int(failed_ms), job_id) if state == State.FAILED and failed_ms else None
+        state, failed_ms = cast(list[str | None], await self._redis.hmget(self._keys.job(job_id), F.STATE, F.FINISHED_MS))
+        return _member(job_id, state, failed_ms)
+
+
+def _member(job_id: str, state: str | None, failed_ms: str | None) -> str | None:
+    """The job's member in the list, if the job is FAILED."""
+    return index_member(int(failed_ms), job_id) if state == State.FAILED and failed_ms else None
 
 
 def _not_failed_as(member: str, record: Fields) -> bool:

@@ -19,13 +19,12 @@ from typing import cast
 from redis.asyncio import Redis
 
 from jobs.keys import Keys
-from jobs.model import PRIVATE_FIELDS, F
+from jobs.model import UNREAD_FIELDS, F
 from jobs.store import Fields
 from jobs.tracing import trace_id_of
 
 # Members read per round trip.
 _CHUNK = 200
-_HIDDEN = PRIVATE_FIELDS - {F.FILE_IDS}
 
 
 def job_id_of(member: str) -> str:
@@ -80,12 +79,10 @@ class IndexScan:
                 for member, _ in merged:
                     pipe.hgetall(self._keys.job(job_id_of(member)))
                 records = cast(list[Fields], await pipe.execute())
-            if self._drop is not None:
-                for (member, index), record in zip(merged, records, strict=True):
-                    if self._drop(member, record):
-                        await self._redis.zrem(index, member)
-            for member, record in zip(members, records, strict=True):
-                if record and (self._drop is None or not self._drop(member, record)):
+            for (member, index), record in zip(merged, records, strict=True):
+                if self._drop is not None and self._drop(member, record):
+                    await self._redis.zrem(index, member)
+                elif record:
                     yield member, record
             upper = f"({members[-1]}"
 
@@ -136,5 +133,5 @@ class Listing:
     async def __aiter__(self) -> AsyncIterator[Found]:
         async for member, record in self._scan:
             if self._where.matches(record):
-                public = {name: value for name, value in record.items() if name not in _HIDDEN}
+                public = {name: value for name, value in record.items() if name not in UNREAD_FIELDS}
                 yield Found(public, record[F.TENANT], trace_id_of(record.get(F.TRACEPARENT, "")), member)

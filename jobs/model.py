@@ -105,6 +105,8 @@ class F:
 
 # Record fields no event and no reader outside the store sees.
 PRIVATE_FIELDS = frozenset({F.FILE_IDS, F.TOKEN, F.CALL, F.TRACEPARENT, F.RETRY_ID})
+# What a record read for a reader leaves out: the file ids are part of a Job, the rest is not.
+UNREAD_FIELDS = PRIVATE_FIELDS - {F.FILE_IDS}
 
 
 # Limits of InitiateDownload, from the original HTTP service.

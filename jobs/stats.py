@@ -13,9 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import cast
 
-from redis.asyncio import Redis
-
-from jobs.keys import FAILED_PREFIX, MINUTE_MS, STATS_KEEP_S, Keys
+from jobs.keys import FAILED_PREFIX, MINUTE_MS, STATS_KEEP_S
 from jobs.queue import JobQueue
 from jobs.store import JobStore
 
@@ -50,9 +48,9 @@ async def depth(store: JobStore, queue: JobQueue) -> Depth:
 
 
 class QueueHistory:
-    def __init__(self, redis: Redis, keys: Keys, store: JobStore, queue: JobQueue) -> None:
-        self._redis = redis
-        self._keys = keys
+    def __init__(self, store: JobStore, queue: JobQueue) -> None:
+        self._redis = store.redis
+        self._keys = store.keys
         self._store = store
         self._queue = queue
 

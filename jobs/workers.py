@@ -87,11 +87,12 @@ class WorkerRegistry:
 
     async def alive(self) -> int:
         now_ms = int(time.time() * 1000)
-        forgotten = await self._redis.zrangebyscore(self._key, "-inf", now_ms - FORGET_AFTER_S * 1000)
+        forget_before = now_ms - FORGET_AFTER_S * 1000
         async with self._redis.pipeline(transaction=False) as pipe:
-            if forgotten:
-                pipe.zrem(self._key, *forgotten)
-                pipe.hdel(self._running_key, *forgotten)
+            pipe.zrangebyscore(self._key, "-inf", forget_before)
+            pipe.zremrangebyscore(self._key, "-inf", forget_before)
             pipe.zcount(self._key, now_ms - ALIVE_WITHIN_S * 1000, "+inf")
-            *_, count = await pipe.execute()
+            forgotten, _, count = await pipe.execute()
+        if forgotten:  # rare: a worker gone for an hour
+            await self._redis.hdel(self._running_key, *forgotten)
         return int(count)

@@ -17,7 +17,7 @@ from jobs.keys import INDEX_SUFFIX
 from jobs.logs import bind
 from jobs.model import F, State
 from jobs.queue import JobQueue
-from jobs.stats import QueueHistory
+from jobs.stats import QueueHistory, depth
 from jobs.store import JobStore
 from jobs.tenants import tenant_slug
 from jobs.workers import WorkerRegistry
@@ -49,7 +49,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         self._presigner = presigner
         self._dead_letters = DeadLetters(store.redis, store.keys)
         self._intake = Intake(store.redis, store.keys)
-        self._history = QueueHistory(store.redis, store.keys, store, queue)
+        self._history = QueueHistory(store, queue)
 
     def _operator(self, context: grpc.aio.ServicerContext) -> str:
         operator = self._authenticator.operator(context.invocation_metadata() or ())
@@ -59,7 +59,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
     @grpc_errors
     async def GetQueueStats(self, request: apb.GetQueueStatsRequest, context: Any) -> apb.GetQueueStatsResponse:
         self._operator(context)
-        now = await self._history.sample()
+        now = await depth(self._store, self._queue)
         reply = apb.GetQueueStatsResponse(
             fresh=now.fresh,
             waiting=now.waiting,
@@ -176,12 +176,11 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         more = False
         if job_ids:
             for job_id in job_ids:
-                record = await self._store.redis.hmget(self._store.keys.job(job_id), F.STATE, F.TENANT)
-                state, tenant = cast(list[str | None], record)  # decode_responses (connections.py)
-                if state != State.FAILED or not await self._dead_letters.is_dead_letter(job_id):
+                state, tenant = await self._dead_letters.owner(job_id)
+                if tenant is None:
                     not_done.add(job_id=job_id, reason=f"not a dead letter (the job is {state or 'not found'})")
                 else:
-                    targets.append((job_id, tenant or ""))
+                    targets.append((job_id, tenant))
         else:
             async for letter in self._dead_letters.scan(where):
                 if len(targets) == admin_validation.MAX_BULK:

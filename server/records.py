@@ -30,7 +30,7 @@ from redis.exceptions import ConnectionError, ResponseError
 
 from jobs.connections import multiplexed_redis
 from jobs.errors import JobNotFound
-from jobs.model import PRIVATE_FIELDS, F
+from jobs.model import UNREAD_FIELDS, F
 from jobs.multiplex import Address, Connection, pack
 from jobs.settings import Settings
 from jobs.store import Fields, JobStore
@@ -40,8 +40,6 @@ from server.convert import Presigner, to_job
 log = logging.getLogger(__name__)
 
 INVALIDATIONS = "__redis__:invalidate"
-# The record as JobStore.get answers it: the file ids are part of a Job.
-_UNCACHED = PRIVATE_FIELDS - {F.FILE_IDS}
 
 
 class StoredRecords:
@@ -154,7 +152,7 @@ class RecordCache:
         if self._pending.get(key) is token:
             del self._pending[key]
             if record:
-                for name in _UNCACHED:
+                for name in UNREAD_FIELDS:  # the record as JobStore.get answers it
                     record.pop(name, None)
                 if len(self._records) >= self._capacity:
                     self._records.popitem(last=False)  # the oldest read

@@ -44,7 +44,7 @@ class Housekeeper:
         self._sweep = Schedule(redis, store.keys.sweep)
         self._live = Schedule(redis, store.keys.live)
         self._leftovers = LeftoverSweeper(settings, redis, store.keys, s3)
-        self._history = QueueHistory(redis, store.keys, store, queue)
+        self._history = QueueHistory(store, queue)
         # A chore whose taker died is taken again after this long.
         self._lease_ms = int(max(settings.housekeeping_interval_s * 5, 1) * 1000)
 
