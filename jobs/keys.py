@@ -18,6 +18,8 @@
     {p}:sweep             zset    artifact object keys by the time they are to be deleted from S3
     {p}:dead              zset    the dead letters (FAILED jobs an operator has not retried or discarded),
                                   members "{failed_ms:013d}:{id}" by lex
+    {p}:webhooks          zset    job ids whose ending is to be delivered to their webhook, by when the
+                                  next attempt is due (worker/webhooks.py leases them with claim_due.lua)
     {p}:intake            string  while intake is paused: who paused it, why, since when (JSON; jobs/intake.py)
     {p}:stats:{minute}    hash    one minute of the queue's history (jobs/stats.py): jobs ended by state,
                                   "failed:{code}" counts, the depth sampled; kept STATS_KEEP_S
@@ -121,6 +123,10 @@ class Keys:
     @property
     def dead(self) -> str:
         return f"{self.prefix}:dead"
+
+    @property
+    def webhooks(self) -> str:
+        return f"{self.prefix}:webhooks"
 
     @property
     def intake(self) -> str:

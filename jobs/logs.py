@@ -21,11 +21,12 @@ from opentelemetry import trace
 
 # What must never reach a log, whoever logs it (our code, grpc, botocore, aiohttp) and wherever it
 # hides (a message, an argument, a traceback): bearer tokens, API keys (their id stays, to tell keys
-# apart), JWTs, passwords in URLs, and the signing parts of presigned URLs (the URL stays, to tell
+# apart), webhook secrets, JWTs, passwords in URLs, and the signing parts of presigned URLs (the URL stays, to tell
 # objects apart).
 _SECRETS = [
     (re.compile(r"(?i)(bearer\s+)[^\s'\",;]+"), r"\1[REDACTED]"),
     (re.compile(r"\b(lh_[0-9a-f]{8}_)[A-Za-z0-9_-]+"), r"\1[REDACTED]"),
+    (re.compile(r"\b(whsec_)[A-Za-z0-9+/=]+"), r"\1[REDACTED]"),  # webhook signing secrets
     (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[REDACTED JWT]"),
     (re.compile(r"(?i)\b(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s'\"]+"), r"\1[REDACTED]"),
     (re.compile(r"(?i)\b(Signature=)[^&\s'\"]+"), r"\1[REDACTED]"),  # SigV2-style presigned URLs

@@ -47,6 +47,12 @@ REFUSED = Counter(
     "intake_paused (an operator paused intake).",
     ["reason"],
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "download_webhook_attempts",
+    "Attempts to deliver a job's ending to its webhook, by outcome: delivered (2xx), failed (to be tried "
+    "again) or gave_up (the last attempt failed, or the URL's address is not allowed).",
+    ["outcome"],
+)
 WATCH_STREAMS = Gauge("download_watch_streams", "WatchProgress streams open on this server (SSE included).")
 QUEUE_JOBS = Gauge(
     "download_queue_jobs",

@@ -56,6 +56,13 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
 
 
+class WebhookState(StrEnum):
+    WAITING = "WAITING"
+    SENDING = "SENDING"
+    DELIVERED = "DELIVERED"
+    GAVE_UP = "GAVE_UP"
+
+
 class Priority(StrEnum):
     LOW = "LOW"
     NORMAL = "NORMAL"
@@ -101,12 +108,22 @@ class F:
     TOKEN = "token"  # the running attempt's fencing token; left out of events
     CALL = "call"  # the last change's call id, so its repeat is answered, not applied (transition.lua); left out of events
     EVENT = "ev"  # only in events: the EventType
+    # The job's webhook (absent without one); left out of events, which are about the job itself.
+    HOOK_URL = "hook_url"
+    HOOK_STATE = "hook_state"  # a WebhookState
+    HOOK_SEQ = "hook_seq"  # the seq of the ending being delivered: its webhook-id
+    HOOK_ATTEMPTS = "hook_attempts"
+    HOOK_LOG = "hook_log"  # JSON: the latest attempts, [[time_ms, http_status, error], ...]
+    HOOK_NEXT_MS = "hook_next_ms"  # when the next attempt is due
 
 
-# Record fields no event and no reader outside the store sees.
-PRIVATE_FIELDS = frozenset({F.FILE_IDS, F.TOKEN, F.CALL, F.TRACEPARENT, F.RETRY_ID})
-# What a record read for a reader leaves out: the file ids are part of a Job, the rest is not.
-UNREAD_FIELDS = PRIVATE_FIELDS - {F.FILE_IDS}
+HOOK_FIELDS = frozenset({F.HOOK_URL, F.HOOK_STATE, F.HOOK_SEQ, F.HOOK_ATTEMPTS, F.HOOK_LOG, F.HOOK_NEXT_MS})
+
+
+# Record fields no reader outside the store sees.
+UNREAD_FIELDS = frozenset({F.TOKEN, F.CALL, F.TRACEPARENT, F.RETRY_ID})
+# Record fields left out of events: the file ids and the webhook are part of a Job, not of its progress.
+PRIVATE_FIELDS = UNREAD_FIELDS | {F.FILE_IDS} | HOOK_FIELDS
 
 
 # Limits of InitiateDownload, from the original HTTP service.

@@ -10,7 +10,7 @@ from functools import cache
 from importlib import resources
 
 from jobs import keys
-from jobs.model import PRIVATE_FIELDS, TERMINAL_STATES, EventType, F, Phase, State
+from jobs.model import PRIVATE_FIELDS, TERMINAL_STATES, EventType, F, Phase, State, WebhookState
 from jobs.storage import artifact_key
 
 
@@ -53,6 +53,7 @@ def prelude() -> str:
         f"local PHASE = {_names(Phase)}",
         f"local TERMINAL = {_set(frozenset(TERMINAL_STATES))}",
         f"local EVENT_TYPE = {_names(EventType)}",
+        f"local WEBHOOK = {_names(WebhookState)}",
         f"local PRIVATE = {_set(PRIVATE_FIELDS)}",
         *(f"local {name} = {_string(value)}" for name, value in layout.items()),
         f"local STATS_KEEP_S = {keys.STATS_KEEP_S}",

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.webhooks import retry_delays, secret_bytes
+
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message names it."""
@@ -106,6 +108,22 @@ class Settings:
     # Tenants with limits of their own: "tenant=ACTIVE/PER_S,..." (e.g. "batch=50/1000,dev=3/20").
     tenant_limits: str = ""
     shutdown_grace_s: float = 5.0
+
+    # Webhooks: a job's ending POSTed to its callback URL, signed (jobs/webhooks.py). The secret reads
+    # "whsec_" and the base64 of 24 to 64 random bytes (`python -m server.apikeys webhook-secret` makes
+    # one); a tenant with a secret of its own in the key file signs with that. With neither, a
+    # callback URL is refused.
+    webhook_secret: str = ""
+    # Hosts (names, addresses, CIDR blocks) a callback may reach although they are loopback,
+    # private or link-local, e.g. "127.0.0.1,hooks.internal,10.1.0.0/16".
+    webhook_allowed_hosts: str = ""
+    # Seconds before each retry of a failed delivery; after the last one fails, it gives up (about
+    # 7 h 20 min after the first attempt by default; a job's record lives JOB_TTL_S).
+    webhook_retry_delays_s: str = "5,30,120,600,1800,3600,7200,14400"
+    # One attempt's limit (connecting and the receiver's answer).
+    webhook_timeout_s: float = 10.0
+    # Deliveries one worker process makes at a time, beside its jobs.
+    webhook_concurrency: int = 8
 
     # Worker.
     worker_concurrency: int = 16
@@ -216,6 +234,17 @@ class Settings:
         self.sentinel_addresses  # noqa: B018 - parses REDIS_SENTINELS, raising on a bad entry
         if self.redis_wait_replicas < 0 or self.redis_wait_timeout_ms <= 0:
             raise ConfigError("REDIS_WAIT_REPLICAS must be 0 (off) or more, REDIS_WAIT_TIMEOUT_MS positive")
+        if self.webhook_secret:
+            try:
+                secret_bytes(self.webhook_secret)
+            except ValueError as error:
+                raise ConfigError(f"WEBHOOK_SECRET: {error}") from None
+        try:
+            retry_delays(self.webhook_retry_delays_s)
+        except ValueError as error:
+            raise ConfigError(f"WEBHOOK_RETRY_DELAYS_S must be seconds separated by commas: {error}") from None
+        if self.webhook_timeout_s <= 0 or self.webhook_concurrency < 1:
+            raise ConfigError("WEBHOOK_TIMEOUT_S must be positive and WEBHOOK_CONCURRENCY at least 1")
         if self.housekeeping_interval_s <= 0:
             raise ConfigError("HOUSEKEEPING_INTERVAL_S must be positive")
 
@@ -266,6 +295,11 @@ ENV_VARS: dict[str, str] = {
     "TENANT_REQUESTS_PER_S": "tenant_requests_per_s",
     "TENANT_LIMITS": "tenant_limits",
     "SHUTDOWN_GRACE_S": "shutdown_grace_s",
+    "WEBHOOK_SECRET": "webhook_secret",
+    "WEBHOOK_ALLOWED_HOSTS": "webhook_allowed_hosts",
+    "WEBHOOK_RETRY_DELAYS_S": "webhook_retry_delays_s",
+    "WEBHOOK_TIMEOUT_S": "webhook_timeout_s",
+    "WEBHOOK_CONCURRENCY": "webhook_concurrency",
     "WORKER_CONCURRENCY": "worker_concurrency",
     "WORKER_NAME": "worker_name",
     "DOWNLOAD_DELAY_MIN_MS": "delay_min_ms",

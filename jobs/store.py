@@ -30,7 +30,7 @@ from jobs.errors import (
 )
 from jobs.intake import Pause
 from jobs.keys import MINUTE_MS, Keys, index_member
-from jobs.model import PRIVATE_FIELDS, TERMINAL_STATES, ErrorCode, EventType, F, Phase, Priority, State
+from jobs.model import TERMINAL_STATES, UNREAD_FIELDS, ErrorCode, EventType, F, Phase, Priority, State, WebhookState
 from jobs.multiplex import MultiplexedRedis
 from jobs.replication import Replication
 from jobs.scripts import lua_script
@@ -81,10 +81,16 @@ class JobStore:
     # -- creating ------------------------------------------------------------------------------
 
     async def create(
-        self, tenant: str, file_ids: list[int], request_id: str = "", priority: Priority = Priority.NORMAL
+        self,
+        tenant: str,
+        file_ids: list[int],
+        request_id: str = "",
+        priority: Priority = Priority.NORMAL,
+        callback_url: str = "",
     ) -> tuple[Fields, bool]:
-        """Creates a QUEUED job of `tenant`, or returns the one the tenant's `request_id` already made
-        (created=False). Raises QuotaExceeded when the tenant has its limit of active jobs."""
+        """Creates a QUEUED job of `tenant`, its ending to be announced to `callback_url` if given, or
+        returns the one the tenant's `request_id` already made (created=False). Raises QuotaExceeded
+        when the tenant has its limit of active jobs."""
         job_id = str(uuid.uuid4())
         slug = tenant_slug(tenant)
         created = now_ms()
@@ -109,6 +115,8 @@ class JobStore:
             F.TENANT_KEY: self.keys.tenant(slug),
             F.SEQ: "1",
         }
+        if callback_url:
+            fields |= {F.HOOK_URL: callback_url, F.HOOK_STATE: WebhookState.WAITING}
         if tracing.enabled() and (traceparent := tracing.current_traceparent()):
             fields[F.TRACEPARENT] = traceparent
         k = self.keys
@@ -161,7 +169,7 @@ class JobStore:
         if record:
             if tenant is not None and record.get(F.TENANT) != tenant:
                 raise JobNotFound(job_id)
-            return _without(PRIVATE_FIELDS - ({F.FILE_IDS} if with_file_ids else set()), record)
+            return _without(UNREAD_FIELDS if with_file_ids else UNREAD_FIELDS | {F.FILE_IDS}, record)
         owner = await self._commands.get(self.keys.tombstone(job_id))
         if owner is not None and (tenant is None or owner == tenant):
             return expired_stub(job_id)
@@ -213,7 +221,7 @@ class JobStore:
         forgotten: list[str] = []
         for member, job_id, record, gone in zip(members, job_ids, replies[::2], replies[1::2], strict=True):
             if record:
-                jobs.append(_without(PRIVATE_FIELDS, record))
+                jobs.append(_without(UNREAD_FIELDS | {F.FILE_IDS}, record))
             elif gone:
                 jobs.append(expired_stub(job_id))
             else:
@@ -292,7 +300,8 @@ class JobStore:
         )
         if outcome[0] == "ok":
             await self._commands.publish(self.keys.cancel_channel, job_id)
-            return json.loads(outcome[2])
+            # The job as a reader sees it: the event leaves out its webhook, now due.
+            return await self.get(job_id, tenant, with_file_ids=False)
         if outcome[0] == "missing":
             return await self.get(job_id, tenant, with_file_ids=False)  # raises NotFound, or reads EXPIRED
         if outcome[1] == State.CANCELLED:
@@ -305,7 +314,7 @@ class JobStore:
         A repeat of the same retry (same `request_id`) answers the job as it is now. Raises
         JobNotRetryable in any other state, QuotaExceeded at the tenant's active-jobs limit."""
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.fresh, k.intake, k.dead]
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.fresh, k.intake, k.dead, k.webhooks]
         args = [
             now_ms(),
             self.settings.event_history_len,
@@ -323,7 +332,7 @@ class JobStore:
         if outcome[0] == "ok":
             metrics.JOBS_RETRIED.inc()
             metrics.EVENTS_BY_TYPE[EventType.STATE_CHANGED].inc()
-            return json.loads(outcome[2]) | {F.FILE_IDS: outcome[3]}
+            return json.loads(outcome[2]) | {F.FILE_IDS: outcome[3]} | json.loads(outcome[4])
         if outcome[0] == "quota":
             metrics.REFUSED.labels("active_jobs").inc()
             raise QuotaExceeded(tenant, int(outcome[1]))
@@ -371,7 +380,10 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.dead, k.stats(now // MINUTE_MS)]
+        keys = [
+            *(k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.dead),
+            *(k.stats(now // MINUTE_MS), k.webhooks),
+        ]
         if durable:
             outcome = await self._replication.write(f"the change of job {job_id}", self._transition, keys, args)
         else:

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import grpc
 
+from jobs.convert import Presigner, to_job
 from jobs.dead_letters import DeadLetters
 from jobs.errors import JobsError
 from jobs.index_scan import IndexScan, JobFilter, Listing
@@ -25,7 +26,6 @@ from longhaul.admin.v1 import admin_pb2 as apb
 from longhaul.admin.v1 import admin_pb2_grpc as apb_grpc
 from server import admin_validation, validation
 from server.auth import Authenticator
-from server.convert import Presigner, to_job
 from server.errors import grpc_errors
 
 SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name

@@ -6,6 +6,8 @@ messages and is not secret; the secret is 256 random bits. The file has one key 
     <id> sha256:<hex of SHA-256 of the whole key> <tenant> [label...]
     <id> sha256:<hex of SHA-256 of the whole key> operator:<name> [label...]
 
+    webhook <tenant> whsec_<base64> [<default callback url>]
+
 A tenant's key starts and reads that tenant's downloads. An operator's key has no tenant: it calls the
 operator API (AdminService), and its name is logged with every change made with it.
 
@@ -17,6 +19,13 @@ tenant, hand it out, `revoke` the old one; no restart.
     python -m server.apikeys --file keys.txt create-operator NAME [LABEL]
     python -m server.apikeys --file keys.txt revoke ID
     python -m server.apikeys --file keys.txt list
+    python -m server.apikeys --file keys.txt webhook TENANT [URL]   prints the tenant's new signing secret once
+    python -m server.apikeys --file keys.txt webhook-remove TENANT
+    python -m server.apikeys webhook-secret                          prints a new secret for WEBHOOK_SECRET
+
+A `webhook` line gives a tenant a webhook signing secret of its own (jobs/webhooks.py), and the URL
+its jobs' endings go to when a request names none. Running `webhook` again for a tenant rotates its
+secret. Workers sign with it, so they read this file too.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from jobs.webhooks import TENANT_LINE, AddressRule, new_secret, parse_tenant_webhooks, tenant_line
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +85,7 @@ def parse(text: str, source: str = "the key file") -> dict[str, KeyEntry]:
     entries: dict[str, KeyEntry] = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
-        if not line:
+        if not line or line.split(maxsplit=1)[0] == TENANT_LINE:  # a tenant's webhook: jobs/webhooks.py
             continue
         parts = line.split(maxsplit=3)
         owner = parts[2] if len(parts) >= 3 else ""
@@ -190,13 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     create_operator.add_argument("label", nargs="?", default="")
     revoke = commands.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
-    commands.add_parser("list", help="list key ids, tenants and labels")
+    commands.add_parser("list", help="list key ids, tenants and labels, and tenants' webhooks")
+    webhook = commands.add_parser("webhook", help="give a tenant a new webhook secret (prints it once) and default URL")
+    webhook.add_argument("tenant")
+    webhook.add_argument("url", nargs="?", default="", help="where its jobs' endings go when a request names none")
+    webhook_remove = commands.add_parser("webhook-remove", help="remove a tenant's webhook secret and default URL")
+    webhook_remove.add_argument("tenant")
+    commands.add_parser("webhook-secret", help="print a new secret for the WEBHOOK_SECRET setting")
     args = parser.parse_args(argv)
+    if args.command == "webhook-secret":
+        print(new_secret())
+        return 0
     if not args.file:
         parser.error("give --file or set API_KEYS_FILE")
     path = Path(args.file)
     lines = path.read_text().splitlines() if path.exists() else []
     entries = parse("\n".join(lines), str(path))
+    webhooks = parse_tenant_webhooks("\n".join(lines), str(path))
     if args.command in ("create", "create-operator"):
         key_id, key = new_key()
         try:
@@ -211,10 +232,31 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         _rewrite(path, [line for line in lines if line.split(maxsplit=1)[:1] != [args.key_id]])
         print(f"revoked {args.key_id}; servers stop accepting it within {RELOAD_EVERY_S:.0f} s")
+    elif args.command in ("webhook", "webhook-remove"):
+        if args.command == "webhook-remove" and args.tenant not in webhooks:
+            print(f"tenant {args.tenant} has no webhook in {path}", file=sys.stderr)
+            return 1
+        kept = [line for line in lines if line.split()[:2] != [TENANT_LINE, args.tenant]]
+        if args.command == "webhook":
+            if problem := _webhook_problem(args.tenant, args.url):
+                parser.error(problem)
+            secret = new_secret()
+            kept.append(tenant_line(args.tenant, secret, args.url))
+        _rewrite(path, kept)
+        print(secret if args.command == "webhook" else f"removed the webhook of tenant {args.tenant}")
     else:
         for entry in entries.values():
             print(f"{entry.key_id}  {entry.tenant or OPERATOR_PREFIX + entry.operator}  {entry.label}")
+        for tenant, hook in webhooks.items():
+            print(f"webhook   {tenant}  {hook.default_url or '(no default URL)'}")
     return 0
+
+
+def _webhook_problem(tenant: str, url: str) -> str | None:
+    if not _TENANT.fullmatch(tenant):
+        return f"{tenant!r} is not a tenant name"
+    # Where the URL's host leads is the servers' and workers' rule (WEBHOOK_ALLOWED_HOSTS), not known here.
+    return AddressRule("0.0.0.0/0,::/0,localhost").url_problem(url) if url else None
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from jobs import runtime, tracing
 from jobs.connections import multiplexed_redis, pause, redis_client, s3_client_kwargs, s3_session, watch_failovers
+from jobs.convert import Presigner
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore
@@ -25,7 +26,7 @@ from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server import admin, operations
 from server.access import Gatekeeper
 from server.auth import Authenticator
-from server.convert import Presigner
+from server.callbacks import Callbacks
 from server.decoding import TolerantDecoding
 from server.health import HealthMonitor
 from server.http import HttpSide
@@ -125,7 +126,7 @@ class LonghaulServer:
             layers.insert(0, GrpcTracing())  # a span for each call, continuing the caller's trace
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[Chain(*layers)])
         pb_grpc.add_DownloadServiceServicer_to_server(
-            DownloadServicer(s, store, records, self._hub, presigner, s3), server
+            DownloadServicer(s, store, records, self._hub, presigner, s3, Callbacks(s)), server
         )
         operations.add_to_server(operations.OperationsServicer(store, records, self._hub, presigner, s.heartbeat_s), server)
         apb_grpc.add_AdminServiceServicer_to_server(admin.AdminServicer(authenticator, store, queue, workers, presigner), server)

@@ -33,6 +33,7 @@ from jobs.errors import (
     ReplicasUnavailable,
 )
 from server.auth import WWW_AUTHENTICATE, PermissionDenied, Unauthenticated
+from server.callbacks import WebhooksNotConfigured
 from server.caller import reply_headers
 from server.ratelimit import RateLimited
 from server.validation import InvalidRequest
@@ -61,6 +62,7 @@ _DOMAIN_CODES: dict[type[Exception], grpc.StatusCode] = {
     IdempotencyConflict: grpc.StatusCode.ALREADY_EXISTS,
     JobAlreadyFinished: grpc.StatusCode.FAILED_PRECONDITION,
     JobNotRetryable: grpc.StatusCode.FAILED_PRECONDITION,
+    WebhooksNotConfigured: grpc.StatusCode.FAILED_PRECONDITION,
     HistoryAhead: grpc.StatusCode.OUT_OF_RANGE,
     ServerShuttingDown: grpc.StatusCode.UNAVAILABLE,
     NotReplicated: grpc.StatusCode.UNAVAILABLE,

@@ -30,13 +30,13 @@ from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 
 from jobs import metrics
+from jobs.convert import Presigner
 from jobs.model import F, State
 from jobs.queue import JobQueue
 from jobs.store import JobStore
 from jobs.workers import WorkerRegistry
 from server import validation
 from server.auth import Authenticator
-from server.convert import Presigner
 from server.errors import HTTP_STATUS, error_headers, error_status, request_id
 from server.health import HealthMonitor
 from server.ratelimit import RateLimiter

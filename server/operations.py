@@ -16,11 +16,11 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from jobs.convert import Presigner, to_job
 from jobs.store import Fields, JobStore
 from longhaul.download.v1 import download_pb2 as pb
 from server import validation
 from server.caller import tenant
-from server.convert import Presigner, to_job
 from server.errors import grpc_errors
 from server.records import RecordCache, StoredRecords
 from server.watch import WatchHub, follow

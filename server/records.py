@@ -29,13 +29,13 @@ from typing import Any
 from redis.exceptions import ConnectionError, ResponseError
 
 from jobs.connections import multiplexed_redis
+from jobs.convert import Presigner, to_job
 from jobs.errors import JobNotFound
 from jobs.model import UNREAD_FIELDS, F
 from jobs.multiplex import Address, Connection, pack
 from jobs.settings import Settings
 from jobs.store import Fields, JobStore
 from longhaul.download.v1 import download_pb2 as pb
-from server.convert import Presigner, to_job
 
 log = logging.getLogger(__name__)
 

@@ -6,14 +6,15 @@ import logging
 import time
 from typing import Any
 
+from jobs.convert import Presigner, event_type, to_job
 from jobs.settings import Settings
 from jobs.storage import head_source, source_key
 from jobs.store import JobStore
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul.download.v1 import download_pb2_grpc as pb_grpc
 from server import validation
+from server.callbacks import Callbacks
 from server.caller import tenant
-from server.convert import Presigner, event_type, to_job
 from server.errors import grpc_errors, status_for
 from server.records import RecordCache, StoredRecords
 from server.watch import WatchHub, follow
@@ -30,6 +31,7 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
         hub: WatchHub,
         presigner: Presigner,
         s3: Any,
+        callbacks: Callbacks,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -37,12 +39,14 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
         self._hub = hub
         self._presigner = presigner
         self._s3 = s3
+        self._callbacks = callbacks
 
     @grpc_errors
     async def InitiateDownload(self, request: pb.InitiateDownloadRequest, context: Any) -> pb.InitiateDownloadResponse:
         file_ids, request_id, priority = validation.initiate(request)
+        callback_url = self._callbacks.url_for(tenant(), request.callback_url)
         # The job reaches the queue through a worker's relay (worker/relay.py), not from here.
-        fields, _ = await self._store.create(tenant(), file_ids, request_id, priority)
+        fields, _ = await self._store.create(tenant(), file_ids, request_id, priority, callback_url)
         return pb.InitiateDownloadResponse(job=to_job(fields, self._presigner))
 
     @grpc_errors

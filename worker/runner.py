@@ -22,9 +22,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs import metrics, runtime, tracing
 from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, s3_session, watch_failovers
+from jobs.deliveries import WebhookDeliveries
 from jobs.errors import RunSuperseded
 from jobs.logs import bind
-from jobs.model import ErrorCode, EventType, F, Phase, State
+from jobs.model import TERMINAL_STATES, ErrorCode, EventType, F, Phase, State
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore, finish_fields
@@ -34,6 +35,7 @@ from worker.housekeeping import Housekeeper
 from worker.pipeline import PermanentJobError, build_archive
 from worker.progress import Progress
 from worker.relay import Relay
+from worker.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class WorkerRunner:
         self._store = JobStore(self._redis, settings, self._commands)
         self._queue = JobQueue(settings)
         self._relay = Relay(self._redis, self._store.keys, self._queue)
+        self._webhooks = WebhookSender(settings, WebhookDeliveries(self._redis, self._store.keys))
         self._registry = WorkerRegistry(self._redis, self._store.keys)
         self._running: dict[str, asyncio.Task[int | None]] = {}  # job id -> its run
         self._cancelled: set[asyncio.Task[int | None]] = set()  # runs stopped by a user's cancel
@@ -89,6 +92,7 @@ class WorkerRunner:
         self._cancel_listener: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._reporting: asyncio.Task[None] | None = None
+        self._delivering: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -99,6 +103,7 @@ class WorkerRunner:
         self._cancel_listener = asyncio.create_task(self._listen_for_cancels(pubsub))
         housekeeper = Housekeeper(self.settings, self._redis, self._store, self._queue, self._s3)
         self._housekeeping = asyncio.create_task(housekeeper.run())
+        self._delivering = asyncio.create_task(self._webhooks.run())
         self._worker = self._queue.worker(self._process, self.name)
         self._relay.start()
         self._reporting = asyncio.create_task(self._registry.keep_reporting(self.name, lambda: list(self._running)))
@@ -123,7 +128,9 @@ class WorkerRunner:
         await self._relay.close()
         if self._worker is not None:
             await self._close_worker()
-        background = [task for task in (self._cancel_listener, self._housekeeping, self._reporting) if task is not None]
+        background = [
+            task for task in (self._cancel_listener, self._housekeeping, self._reporting, self._delivering) if task is not None
+        ]
         await cancel_until_done([*background, *self._recording])
         if self._reporting is not None:
             with contextlib.suppress(Exception):  # Redis away: the entry ages out by itself
@@ -327,6 +334,9 @@ class WorkerRunner:
             await asyncio.shield(recording)
         except RunSuperseded as superseded:
             log.info("state %s of %s not recorded: %s", fields[F.STATE], job_id, superseded)
+            return
+        if fields[F.STATE] in TERMINAL_STATES:
+            self._webhooks.wake()
 
     async def _record_through_outage(self, job_id: str, token: str, fields: dict[str, Any]) -> None:
         """Writes a state change, again and again while Redis is unreachable (restarting, failing

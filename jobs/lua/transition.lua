@@ -6,7 +6,9 @@
 -- superseded run may still finish an upload) for when the job expires.
 -- A job that ends also leaves its tenant's active set (the quota), named by the record's tenant_key,
 -- and the live jobs the reconciler checks.
--- KEYS: job, events, tombstone, sweep, live jobs, dead letters, this minute's stats (jobs/stats.py)
+-- A job with a webhook that ends is due for its delivery (worker/webhooks.py) from now on.
+-- KEYS: job, events, tombstone, sweep, live jobs, dead letters, this minute's stats (jobs/stats.py),
+--       webhook deliveries
 -- ARGV: now_ms, history_len, channel, event_type, expect_token ("" = any), claim_token ("" = none),
 --       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), call, history_ttl_s,
 --       expect_retries ("" = any: the claim's run), field, value, ...
@@ -80,5 +82,11 @@ if new_state and TERMINAL[new_state] then
     redis.call("HINCRBY", KEYS[7], FAILED_PREFIX .. (failure.code or "INTERNAL"), 1)
   end
   redis.call("EXPIRE", KEYS[7], STATS_KEEP_S)
+  if redis.call("HEXISTS", KEYS[1], F.HOOK_URL) == 1 then
+    redis.call("HDEL", KEYS[1], F.HOOK_LOG)
+    redis.call("HSET", KEYS[1], F.HOOK_STATE, WEBHOOK.SENDING, F.HOOK_SEQ, seq, F.HOOK_ATTEMPTS, 0,
+      F.HOOK_NEXT_MS, ARGV[1])
+    redis.call("ZADD", KEYS[8], ARGV[1], ARGV[9])
+  end
 end
 return answer(seq, payload)

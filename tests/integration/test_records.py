@@ -11,11 +11,11 @@ import time
 import pytest
 
 from jobs.connections import multiplexed_redis, redis_client
+from jobs.convert import Presigner
 from jobs.errors import JobNotFound
 from jobs.model import EventType, F, State
 from jobs.store import JobStore, finish_fields
 from longhaul.download.v1 import download_pb2 as pb
-from server.convert import Presigner
 from server.records import RecordCache
 from tests.credentials import OTHER_TENANT, TENANT
 

@@ -13,13 +13,23 @@ from server import apikeys
 
 def test_each_usage_line_of_the_key_tool_works(tmp_path: Path) -> None:
     usage = re.findall(r"^    (python -m server\.apikeys .+?)(?:   .*)?$", apikeys.__doc__ or "", re.MULTILINE)
-    assert [line.split()[5] for line in usage] == ["create", "create-operator", "revoke", "list"]
+    commands = [re.findall(r"server\.apikeys (?:--file \S+ )?(\S+)", line)[0] for line in usage]
+    assert commands == ["create", "create-operator", "revoke", "list", "webhook", "webhook-remove", "webhook-secret"]
     key_id = ""
-    for line in usage:
-        words = shlex.split(line.replace("TENANT [LABEL]", "acme billing").replace("NAME [LABEL]", "alice").replace("ID", key_id))
+    printed: dict[str, str] = {}
+    for command, line in zip(commands, usage, strict=True):
+        line = line.replace("TENANT [LABEL]", "acme billing").replace("NAME [LABEL]", "alice").replace("ID", key_id)
+        line = line.replace("TENANT [URL]", "acme https://hooks.example.com/longhaul").replace("remove TENANT", "remove acme")
+        words = shlex.split(line)
         result = subprocess.run([sys.executable, *words[1:]], capture_output=True, text=True, cwd=tmp_path, timeout=30)
         assert result.returncode == 0, f"{line}\n{result.stderr}"
         key_id = key_id or apikeys.key_id_of(result.stdout.strip()) or ""
+        printed[command] = result.stdout.strip()
+        if command == "webhook":
+            assert (tmp_path / "keys.txt").read_text().count(f"webhook acme {printed[command]} https://hooks") == 1
     keys = (tmp_path / "keys.txt").read_text()
     assert key_id and key_id not in keys, "created, then revoked"
     assert " operator:alice" in keys, "the operator's key stays"
+    assert "webhook" not in keys, "given a webhook, then removed"
+    for command in ("webhook", "webhook-secret"):
+        assert printed[command].startswith("whsec_") and len(printed[command]) == 50, command

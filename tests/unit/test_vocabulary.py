@@ -7,7 +7,7 @@ from enum import StrEnum
 import pytest
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
-from jobs.model import TERMINAL_STATES, ErrorCode, EventType, Phase, Priority, State
+from jobs.model import TERMINAL_STATES, ErrorCode, EventType, Phase, Priority, State, WebhookState
 from longhaul.download.v1 import download_pb2 as pb
 
 
@@ -18,6 +18,7 @@ from longhaul.download.v1 import download_pb2 as pb
         (Phase, pb.JobPhase, "JOB_PHASE_", set()),
         (Priority, pb.Priority, "PRIORITY_", set()),
         (ErrorCode, pb.JobErrorCode, "JOB_ERROR_CODE_", set()),
+        (WebhookState, pb.WebhookState, "WEBHOOK_STATE_", set()),
         # Heartbeats and errors exist only on the wire, never in a job's history.
         (EventType, pb.EventType, "EVENT_TYPE_", {"HEARTBEAT", "ERROR"}),
     ],

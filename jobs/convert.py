@@ -20,6 +20,7 @@ from jobs.connections import botocore_session, s3_client_kwargs
 from jobs.model import F
 from jobs.settings import Settings
 from jobs.storage import artifact_name, job_artifact_key
+from jobs.webhooks import webhook_id
 from longhaul.download.v1 import download_pb2 as pb
 
 _EVENT_TYPES = {
@@ -31,6 +32,7 @@ _PRIORITIES = {"LOW": pb.PRIORITY_LOW, "NORMAL": pb.PRIORITY_NORMAL, "HIGH": pb.
 # Looked up per conversion: a dict is several times cheaper than the enum wrapper's Value().
 _STATES = {name.removeprefix("JOB_STATE_"): cast("pb.JobState", value) for name, value in pb.JobState.items()}
 _PHASES = {name.removeprefix("JOB_PHASE_"): cast("pb.JobPhase", value) for name, value in pb.JobPhase.items()}
+_WEBHOOK_STATES = {name.removeprefix("WEBHOOK_STATE_"): cast("pb.WebhookState", value) for name, value in pb.WebhookState.items()}
 _ERROR_CODES = {name.removeprefix("JOB_ERROR_CODE_"): cast("pb.JobErrorCode", value) for name, value in pb.JobErrorCode.items()}
 _TIMESTAMPS = (
     ("create_time", F.CREATED_MS),
@@ -136,7 +138,24 @@ def to_job(fields: Mapping[str, str], presigner: Presigner) -> pb.Job:
         error = json.loads(fields[F.ERROR])
         code = _ERROR_CODES.get(error["code"], pb.JOB_ERROR_CODE_UNSPECIFIED)
         job.error.CopyFrom(pb.JobError(code=code, message=error["message"], retryable=error["retryable"]))
+    if fields.get(F.HOOK_URL):
+        job.webhook.CopyFrom(_webhook(fields))
     return job
+
+
+def _webhook(fields: Mapping[str, str]) -> pb.Webhook:
+    webhook = pb.Webhook(
+        url=fields[F.HOOK_URL],
+        state=_WEBHOOK_STATES[fields.get(F.HOOK_STATE, "WAITING")],
+        attempts=int(fields.get(F.HOOK_ATTEMPTS, 0)),
+    )
+    if fields.get(F.HOOK_SEQ):
+        webhook.webhook_id = webhook_id(fields[F.ID], fields[F.HOOK_SEQ])
+    if fields.get(F.HOOK_NEXT_MS):
+        webhook.next_attempt_time.FromMilliseconds(int(fields[F.HOOK_NEXT_MS]))
+    for time_ms, http_status, error in json.loads(fields.get(F.HOOK_LOG) or "[]"):
+        webhook.recent_attempts.add(time=_timestamp(time_ms), http_status=http_status, error=error)
+    return webhook
 
 
 def _result(fields: Mapping[str, str], presigner: Presigner) -> pb.DownloadResult:
