@@ -33,6 +33,7 @@ from jobs import tracing
 from jobs.connections import s3_client_kwargs, s3_session
 from jobs.logs import setup_logging
 from jobs.settings import Settings
+from jobs.webhooks import new_secret
 from server.apikeys import entry_line, key_id_of, new_key
 
 log = logging.getLogger("devstack")
@@ -101,6 +102,7 @@ class Stack:
         seeded buckets (the container deployment, devstack/deploy.py, starts the service itself)."""
         self._check_ports_free()
         self._credentials()
+        self._webhooks()
         self._redis()
         self._s3()
         asyncio.run(self._prepare_buckets())
@@ -134,6 +136,23 @@ class Stack:
         self.dev_key = _dev_key(self.data_dir / "dev-api-key", hashed, "dev", operator=False)
         self.operator_key = _dev_key(self.data_dir / "dev-operator-key", hashed, "dev-operator", operator=True)
         self.settings = s.replace(api_keys_file=str(hashed))
+
+    def _webhooks(self) -> None:
+        """Unless WEBHOOK_SECRET is set: a development secret (kept in the data directory), and
+        callbacks to this machine allowed, where a developer's receiver runs."""
+        s = self.settings
+        if s.webhook_secret:
+            return
+        kept = self.data_dir / "dev-webhook-secret"
+        secret = kept.read_text().strip() if kept.exists() else ""
+        if not secret:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            secret = new_secret()
+            kept.write_text(secret + "\n")
+            kept.chmod(0o600)
+        allowed = s.webhook_allowed_hosts or "127.0.0.1,::1,localhost"
+        self.settings = s.replace(webhook_secret=secret, webhook_allowed_hosts=allowed)
+        self.notes.append(f"Webhooks     signed with the secret in {kept}; callbacks to this machine allowed")
 
     def _redis(self) -> None:
         if self.settings.redis_sentinels:  # yours (`deploy up` starts its own: devstack/deploy.py)

@@ -80,7 +80,7 @@ LOCAL_IMAGES = {
     "envoyproxy/envoy:v1.40.0": "localhost/envoy:dev",
     "redis:7.2-bookworm": "localhost/redis:dev",
 }
-_SECRET_ENV = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
+_SECRET_ENV = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "WEBHOOK_SECRET"}
 # On the host's network every worker would take the same metrics port: the overlay leaves it off.
 _HOST_PORT_ENV = {"METRICS_LISTEN"}
 

@@ -20,7 +20,7 @@ local MAX_BODY_BYTES = 65536
 -- The fields of each REST request body, by proto name (a body may use the JSON name, fileIds for
 -- file_ids, instead), and the JSON types each accepts (proto3 JSON takes integers and enums as numbers or strings). Path-bound fields are
 -- not body fields. tests/gateway/test_rest_contract.py holds this table to the contract.
-local INITIATE = {file_ids = "array", request_id = "string", priority = "string number"}
+local INITIATE = {file_ids = "array", request_id = "string", priority = "string number", callback_url = "string"}
 local CHECK = {file_id = "number string"}
 local RETRY = {request_id = "string"}
 local BULK = {job_ids = "array", filter = "object", all = "boolean string"}

@@ -102,7 +102,7 @@ class AddressRule:
             return f"callback_url is {len(url)} characters long; the limit is {MAX_URL_LEN}"
         try:
             parts = urlsplit(url)
-            host = parts.hostname or ""
+            host = (parts.hostname or "").rstrip(".")
             parts.port  # noqa: B018 - raises on a port that is not a number in range
         except ValueError as error:
             return f"callback_url {url!r} is not a URL: {error}"
@@ -132,13 +132,15 @@ class AddressRule:
 def _special(address: IpAddress) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
+    # Python's is_private also holds the documentation, benchmarking and shared (carrier NAT) blocks:
+    # no receiver a caller may name is there either.
     for kind, test in (
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
-        ("private", address.is_private),
-        ("multicast", address.is_multicast),
         ("unspecified", address.is_unspecified),
+        ("multicast", address.is_multicast),
         ("reserved", address.is_reserved),
+        ("private", address.is_private or not address.is_global),
     ):
         if test:
             return kind

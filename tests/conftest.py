@@ -63,6 +63,9 @@ def base_settings(redis_url: str, work_dir: Path) -> Iterator[Settings]:
         retry_base_ms=200,
         shutdown_grace_s=1,
         api_keys_file=str(credentials.write_key_file(work_dir / "api-keys")),
+        # Webhooks to the tests' receivers, on loopback.
+        webhook_secret=credentials.WEBHOOK_SECRET,
+        webhook_allowed_hosts="127.0.0.1",
         # Tests start many jobs at once; the limits get tests of their own.
         tenant_max_active_jobs=0,
         tenant_requests_per_s=0,

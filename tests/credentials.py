@@ -1,5 +1,5 @@
 """The tests' API keys: two tenants, so tests can check that neither sees the other's jobs, and an
-operator."""
+operator; and the webhook secret."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from jobs.webhooks import new_secret
 from server.apikeys import entry_line, new_key
 
 TENANT, OTHER_TENANT = "tenant-a", "tenant-b"
@@ -16,6 +17,8 @@ _OTHER_ID, OTHER_TOKEN = new_key()
 OPERATOR = "ops-alice"
 _OPERATOR_ID, OPERATOR_TOKEN = new_key()
 BEARER = (("authorization", f"Bearer {TOKEN}"),)
+# The tests' WEBHOOK_SECRET.
+WEBHOOK_SECRET = new_secret()
 
 
 def write_key_file(path: Path) -> Path:

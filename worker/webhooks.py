@@ -50,9 +50,9 @@ class _GuardedResolver(AbstractResolver):
     """Resolves as usual, then keeps only the addresses the rule allows (aiohttp connects to what
     this returns, so the address checked is the address called)."""
 
-    def __init__(self, rule: AddressRule) -> None:
+    def __init__(self, rule: AddressRule, resolver: AbstractResolver | None = None) -> None:
         self._rule = rule
-        self._resolver = DefaultResolver()
+        self._resolver = resolver or DefaultResolver()
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         results = await self._resolver.resolve(host, port, family)

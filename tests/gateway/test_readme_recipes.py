@@ -4,6 +4,7 @@ stale."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,8 +22,9 @@ from longhaul.download.v1 import download_pb2 as pb
 from longhaul_client import Client, JobFailed
 from tests import credentials
 from tests.conftest import MISSING_IDS, SMALL_IDS
-from tests.credentials import OPERATOR_TOKEN, TOKEN
+from tests.credentials import OPERATOR_TOKEN, TOKEN, WEBHOOK_SECRET
 from tests.e2e.test_run_command import GRPCURL
+from tests.webhook_receiver import Receiver
 
 README = (ROOT / "README.md").read_text()
 # The venv's commands (longhaul), as for a user who activated it or installed the client.
@@ -67,6 +69,10 @@ class Jobs:
                 with Client(self.address, token=TOKEN) as client:
                     job_id = client.initiate(SMALL_IDS[2:4]).job_id
             command = command.replace("JOB_ID", job_id)
+        return self.address_filled(command, target)
+
+    @staticmethod
+    def address_filled(command: str, target: str) -> str:
         return command.replace("localhost:8080", target).replace("127.0.0.1:8080", target)
 
 
@@ -117,6 +123,30 @@ def test_every_operator_recipe_works(gateway, tmp_path) -> None:
     finally:
         with credentials.sync_channel(gateway.address, OPERATOR_TOKEN) as channel:  # whatever failed
             apb_grpc.AdminServiceStub(channel).ResumeIntake(apb.ResumeIntakeRequest())
+
+
+async def test_every_webhook_recipe_is_delivered_signed(gateway, tmp_path) -> None:
+    receiver = await Receiver(WEBHOOK_SECRET).start()
+    try:
+        lines = recipes("grpcurl", "webhooks") + recipes("curl", "webhooks")
+        assert len(lines) == 2
+        for line in lines:
+            command = line.replace("127.0.0.1:9000", f"127.0.0.1:{receiver.port}")
+            command = re.sub(r"^grpcurl ", f"{GRPCURL} ", Jobs.address_filled(command, gateway.address))
+            result = await asyncio.to_thread(run, command, tmp_path)
+            assert result.returncode == 0, f"{line}\n{result.stderr}"
+            job_id = re.findall(r'"jobId":\s*"([0-9a-f-]{36})"', result.stdout)
+            delivery = await receiver.next(timeout_s=30)
+            assert (delivery.answered, delivery.payload["type"]) == (200, "download.completed"), line
+            assert [delivery.payload["data"]["jobId"]] == job_id, line
+    finally:
+        await receiver.stop()
+    # The key tool's line for a tenant's own secret and default URL.
+    key_tool = re.findall(r"^    (python -m server\.apikeys --file keys\.txt webhook .+)$", README, re.MULTILINE)
+    assert len(key_tool) == 1
+    result = run(key_tool[0].replace("python ", f"{sys.executable} ", 1), tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("whsec_"), result.stderr
+    assert f"webhook acme {result.stdout.strip()} https://hooks.acme.example/longhaul" in (tmp_path / "keys.txt").read_text()
 
 
 def test_every_longhaul_command_works(gateway, tmp_path) -> None:

@@ -15,22 +15,22 @@ from jobs.connections import redis_client, s3_client_kwargs, s3_session
 from jobs.keys import Keys
 from jobs.webhooks import new_secret, tenant_line
 from longhaul.download.v1 import download_pb2 as pb
+from longhaul_client import AsyncClient
 from tests import credentials
 from tests.conftest import SMALL_IDS
-from tests.credentials import TENANT
+from tests.credentials import TENANT, TOKEN, WEBHOOK_SECRET
 from tests.helpers import initiate, wait_done
 from tests.webhook_receiver import Receiver
 
-SECRET = new_secret()
-# Deliveries to the receiver on loopback allowed, retried quickly.
-WEBHOOKS = {"webhook_secret": SECRET, "webhook_allowed_hosts": "127.0.0.1", "webhook_retry_delays_s": "0.2,0.2,0.2"}
+# Deliveries retried quickly (the tests' settings sign with WEBHOOK_SECRET and allow 127.0.0.1).
+WEBHOOKS = {"webhook_retry_delays_s": "0.2,0.2,0.2"}
 
 
 @pytest.fixture
 async def receive():
     receivers: list[Receiver] = []
 
-    async def start(secret: str = SECRET, **behaviour: object) -> Receiver:
+    async def start(secret: str = WEBHOOK_SECRET, **behaviour: object) -> Receiver:
         receiver = await Receiver(secret, **behaviour).start()  # type: ignore[arg-type]
         receivers.append(receiver)
         return receiver
@@ -63,7 +63,8 @@ async def test_an_ending_is_delivered_signed_and_again_after_each_failure_until_
 ) -> None:
     stack = await make_stack(**WEBHOOKS)
     receiver = await receive(answers=[500, 500])
-    job = await initiate(stack.stub, SMALL_IDS[:2], callback_url=receiver.url)
+    async with AsyncClient(stack.address, token=TOKEN) as client:
+        job = await client.initiate(SMALL_IDS[:2], callback_url=receiver.url)
     assert (job.webhook.url, job.webhook.state) == (receiver.url, pb.WEBHOOK_STATE_WAITING)
 
     deliveries = [await receiver.next() for _ in range(3)]
@@ -79,7 +80,8 @@ async def test_an_ending_is_delivered_signed_and_again_after_each_failure_until_
     hook = done.webhook
     assert (hook.state, hook.attempts, hook.webhook_id) == (pb.WEBHOOK_STATE_DELIVERED, 3, deliveries[0].webhook_id)
     assert [(a.http_status, a.error) for a in hook.recent_attempts] == [(500, "HTTP 500"), (500, "HTTP 500"), (200, "")]
-    gaps = [b.time.ToMilliseconds() - a.time.ToMilliseconds() for a, b in zip(hook.recent_attempts, hook.recent_attempts[1:], strict=False)]
+    times = [a.time.ToMilliseconds() for a in hook.recent_attempts]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
     assert all(gap >= 180 for gap in gaps), f"each retry waits its delay (0.2 s, less up to a tenth): {gaps}"
     assert not hook.HasField("next_attempt_time")
     assert await scheduled(stack.settings, job.job_id) is None, "delivered: nothing more is due"

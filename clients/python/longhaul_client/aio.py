@@ -125,11 +125,15 @@ class AsyncClient:
     # -- the RPCs --------------------------------------------------------------------------------
 
     async def initiate(
-        self, file_ids: Iterable[int], *, request_id: str | None = None, priority: str = "normal"
+        self, file_ids: Iterable[int], *, request_id: str | None = None, priority: str = "normal", callback_url: str = ""
     ) -> pb.Job:
-        """Starts a download; with the same `request_id` (generated if not given) it returns the same job."""
+        """Starts a download; with the same `request_id` (generated if not given) it returns the same job.
+        `callback_url`: where the job's ending is POSTed, signed (README, "Webhooks")."""
         request = pb.InitiateDownloadRequest(
-            file_ids=list(file_ids), request_id=request_id or str(uuid.uuid4()), priority=PRIORITIES[priority]
+            file_ids=list(file_ids),
+            request_id=request_id or str(uuid.uuid4()),
+            priority=PRIORITIES[priority],
+            callback_url=callback_url,
         )
         return (await self._call(self._stub.InitiateDownload, request)).job
 

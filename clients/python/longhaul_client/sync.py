@@ -54,8 +54,12 @@ class Client:
             self._thread.join()
             self._loop.close()
 
-    def initiate(self, file_ids: Iterable[int], *, request_id: str | None = None, priority: str = "normal") -> pb.Job:
-        return self._run(self._client.initiate(list(file_ids), request_id=request_id, priority=priority))
+    def initiate(
+        self, file_ids: Iterable[int], *, request_id: str | None = None, priority: str = "normal", callback_url: str = ""
+    ) -> pb.Job:
+        return self._run(
+            self._client.initiate(list(file_ids), request_id=request_id, priority=priority, callback_url=callback_url)
+        )
 
     def status(self, job_id: str) -> pb.Job:
         return self._run(self._client.status(job_id))
