@@ -135,7 +135,7 @@ async def test_every_webhook_recipe_is_delivered_signed(gateway, tmp_path) -> No
             command = re.sub(r"^grpcurl ", f"{GRPCURL} ", Jobs.address_filled(command, gateway.address))
             result = await asyncio.to_thread(run, command, tmp_path)
             assert result.returncode == 0, f"{line}\n{result.stderr}"
-            job_id = re.findall(r'"jobId":\s*"([0-9a-f-]{36})"', result.stdout)
+            job_id = re.findall(r'"job(?:Id|_id)":\s*"([0-9a-f-]{36})"', result.stdout)
             delivery = await receiver.next(timeout_s=30)
             assert (delivery.answered, delivery.payload["type"]) == (200, "download.completed"), line
             assert [delivery.payload["data"]["jobId"]] == job_id, line
