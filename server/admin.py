@@ -11,6 +11,7 @@ import grpc
 
 from jobs.convert import Presigner, to_job
 from jobs.dead_letters import DeadLetters
+from jobs.deliveries import WebhookDeliveries
 from jobs.errors import JobsError
 from jobs.index_scan import IndexScan, JobFilter, Listing
 from jobs.intake import DEFAULT_RETRY_AFTER_S, Intake, Pause
@@ -49,6 +50,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         self._presigner = presigner
         self._dead_letters = DeadLetters(store.redis, store.keys)
         self._intake = Intake(store.redis, store.keys)
+        self._webhooks = WebhookDeliveries(store.redis, store.keys)
         self._history = QueueHistory(store, queue)
 
     def _operator(self, context: grpc.aio.ServicerContext) -> str:
@@ -68,6 +70,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             live=await self._store.live_count(),
             dead_letters=await self._dead_letters.count(),
             intake=_intake(await self._intake.paused()),
+            webhooks_pending=await self._webhooks.pending(),
         )
         for report in await self._workers.reports():
             worker = reply.workers.add(name=report.name, running_job_ids=report.running)

@@ -14,6 +14,8 @@ from devstack.services import python_process
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
 from jobs.keys import Keys
 from jobs.webhooks import new_secret, tenant_line
+from longhaul.admin.v1 import admin_pb2 as apb
+from longhaul.admin.v1 import admin_pb2_grpc as apb_grpc
 from longhaul.download.v1 import download_pb2 as pb
 from longhaul_client import AsyncClient
 from tests import credentials
@@ -24,6 +26,7 @@ from tests.webhook_receiver import Receiver
 
 # Deliveries retried quickly (the tests' settings sign with WEBHOOK_SECRET and allow 127.0.0.1).
 WEBHOOKS = {"webhook_retry_delays_s": "0.2,0.2,0.2"}
+OPERATOR = credentials.bearer(credentials.OPERATOR_TOKEN)
 
 
 @pytest.fixture
@@ -114,6 +117,8 @@ async def test_a_job_retried_in_place_drops_its_last_endings_delivery_and_announ
         while (await stack.stub.GetStatus(pb.GetStatusRequest(job_id=job.job_id))).job.webhook.attempts != 1:
             await asyncio.sleep(0.05)
     assert await scheduled(stack.settings, job.job_id) is not None, "its retry is due in an hour"
+    stats = await apb_grpc.AdminServiceStub(stack.channel).GetQueueStats(apb.GetQueueStatsRequest(), metadata=OPERATOR)
+    assert stats.webhooks_pending == 1, "operators see it waiting"
 
     async with s3_session().client("s3", **s3_client_kwargs(stack.settings)) as s3:
         await seed_sources(s3, stack.settings, [file_id])

@@ -50,6 +50,7 @@ async function showStats(): Promise<void> {
   const tiles: [string, bigint][] = [
     ["Waiting for a relay", stats.fresh], ["Waiting for a worker", stats.waiting], ["Backing off", stats.delayed],
     ["Running", stats.active], ["Queued or running", stats.live], ["Dead letters", stats.deadLetters],
+    ["Webhooks to deliver", stats.webhooksPending],
   ];
   byId("stats").replaceChildren(...tiles.flatMap(([label, value]) => {
     const term = document.createElement("dt");
