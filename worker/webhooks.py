@@ -46,7 +46,12 @@ class AddressRefused(Exception):
     """The callback's host is, or resolves to, an address the deployment does not call."""
 
 
-class _GuardedResolver(AbstractResolver):
+class _NoSecret(Exception):
+    def __init__(self) -> None:
+        super().__init__("no secret to sign with: set WEBHOOK_SECRET, or give the tenant one (python -m server.apikeys webhook)")
+
+
+class GuardedResolver(AbstractResolver):
     """Resolves as usual, then keeps only the addresses the rule allows (aiohttp connects to what
     this returns, so the address checked is the address called)."""
 
@@ -85,7 +90,7 @@ class WebhookSender:
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self._settings.webhook_timeout_s)
-        connector = aiohttp.TCPConnector(resolver=_GuardedResolver(self._rule), limit=self._settings.webhook_concurrency)
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._rule), limit=self._settings.webhook_concurrency)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}) as session:
             try:
                 while True:
@@ -185,11 +190,6 @@ class WebhookSender:
             "data": job,
         }
         return json.dumps(payload, separators=(",", ":")).encode()
-
-
-class _NoSecret(Exception):
-    def __init__(self) -> None:
-        super().__init__("no secret to sign with: set WEBHOOK_SECRET, or give the tenant one (python -m server.apikeys webhook)")
 
 
 def _now_ms() -> int:

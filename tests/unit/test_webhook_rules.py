@@ -10,7 +10,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks.webhooks import Webhook
 
 from jobs.webhooks import AddressRule, new_secret, next_delay_s, parse_tenant_webhooks, sign, tenant_line
-from worker.webhooks import AddressRefused, _GuardedResolver
+from worker.webhooks import AddressRefused, GuardedResolver
 
 
 def test_the_signature_is_the_standard_webhooks_one() -> None:
@@ -60,12 +60,12 @@ class _Resolves(AbstractResolver):
 
 async def test_a_name_that_resolves_to_an_address_kept_to_ourselves_is_not_connected_to() -> None:
     rule = AddressRule("10.1.0.0/16")
-    mixed = await _GuardedResolver(rule, _Resolves("192.168.0.7", "8.8.8.8", "10.1.2.3")).resolve("hooks.example.com", 443)
+    mixed = await GuardedResolver(rule, _Resolves("192.168.0.7", "8.8.8.8", "10.1.2.3")).resolve("hooks.example.com", 443)
     assert [r["host"] for r in mixed] == ["8.8.8.8", "10.1.2.3"], "a public address, and the allowed block's"
     with pytest.raises(AddressRefused, match=r"hooks.example.com \(169.254.169.254\) is a link-local address"):
-        await _GuardedResolver(rule, _Resolves("169.254.169.254")).resolve("hooks.example.com", 80)
+        await GuardedResolver(rule, _Resolves("169.254.169.254")).resolve("hooks.example.com", 80)
     named = AddressRule("hooks.internal")
-    assert await _GuardedResolver(named, _Resolves("192.168.0.7")).resolve("hooks.internal", 80)
+    assert await GuardedResolver(named, _Resolves("192.168.0.7")).resolve("hooks.internal", 80)
 
 
 def test_retries_wait_the_configured_delays_then_give_up() -> None:
