@@ -251,7 +251,7 @@ class JobStore:
         )
         if outcome[0] != "ok":
             return None
-        return json.loads(outcome[2]) | {F.FILE_IDS: outcome[3], F.TRACEPARENT: outcome[4]}
+        return json.loads(outcome[2]) | {F.FILE_IDS: outcome[3], F.TRACEPARENT: outcome[4], F.HOOK_URL: outcome[5]}
 
     async def report(
         self,

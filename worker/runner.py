@@ -25,7 +25,7 @@ from jobs.connections import multiplexed_redis, redis_client, s3_client_kwargs, 
 from jobs.deliveries import WebhookDeliveries
 from jobs.errors import RunSuperseded
 from jobs.logs import bind
-from jobs.model import TERMINAL_STATES, ErrorCode, EventType, F, Phase, State
+from jobs.model import ErrorCode, EventType, F, Phase, State
 from jobs.queue import JobQueue
 from jobs.settings import Settings
 from jobs.store import JobStore, finish_fields
@@ -177,6 +177,14 @@ class WorkerRunner:
             log.info("job %s is already over (cancelled, finished, expired or retried since); skipping", job_id)
             return
         bind(tenant=record.get(F.TENANT, ""))
+        try:
+            await self._claimed(queue_job, queue_token, job_id, run_token, record)
+        finally:
+            if record[F.HOOK_URL]:
+                self._webhooks.wake()  # the job may have ended: its delivery is due now
+
+    async def _claimed(self, queue_job: QueueJob, queue_token: str, job_id: str, run_token: str, record: dict[str, str]) -> None:
+        """Runs the claimed job's attempt, or fails it when it has had too many."""
         attempt = int(record[F.ATTEMPTS])
         if attempt > self.settings.max_attempts:
             message = (
@@ -335,8 +343,6 @@ class WorkerRunner:
         except RunSuperseded as superseded:
             log.info("state %s of %s not recorded: %s", fields[F.STATE], job_id, superseded)
             return
-        if fields[F.STATE] in TERMINAL_STATES:
-            self._webhooks.wake()
 
     async def _record_through_outage(self, job_id: str, token: str, fields: dict[str, Any]) -> None:
         """Writes a state change, again and again while Redis is unreachable (restarting, failing

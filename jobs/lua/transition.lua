@@ -12,7 +12,7 @@
 -- ARGV: now_ms, history_len, channel, event_type, expect_token ("" = any), claim_token ("" = none),
 --       job_ttl_s, tombstone_ttl_s, job_id, expect_tenant ("" = any), call, history_ttl_s,
 --       expect_retries ("" = any: the claim's run), field, value, ...
--- Returns {"ok", seq, payload[, file_ids on a claim]} | {"missing"} | {"finished", state} | {"fenced"}
+-- Returns {"ok", seq, payload[, file_ids, traceparent, hook_url on a claim]} | {"missing"} | {"finished", state} | {"fenced"}
 -- Another tenant's job is "missing": callers cannot tell it from one that does not exist.
 local current = redis.call("HMGET", KEYS[1], F.STATE, F.TENANT, F.CALL, F.SEQ, F.RETRIES)
 local state = current[1]
@@ -22,10 +22,10 @@ local expect_token, claim_token, call = ARGV[5], ARGV[6], ARGV[11]
 
 local function answer(seq, payload)
   if claim_token ~= "" then
-    -- The claiming worker needs the file ids next, and the creating call's trace context: saves it
-    -- a round trip.
-    local private = redis.call("HMGET", KEYS[1], F.FILE_IDS, F.TRACEPARENT)
-    return {"ok", seq, payload, private[1], private[2] or ""}
+    -- The claiming worker needs the file ids next, the creating call's trace context, and whether
+    -- the job's ending goes to a webhook: saves it a round trip.
+    local private = redis.call("HMGET", KEYS[1], F.FILE_IDS, F.TRACEPARENT, F.HOOK_URL)
+    return {"ok", seq, payload, private[1], private[2] or "", private[3] or ""}
   end
   return {"ok", seq, payload}
 end
