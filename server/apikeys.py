@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 _KEY = re.compile(r"lh_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
 # No ":", so a key's tenant can never be a JWT's (those are "jwt:<claim>", auth.py).
+# Tenants named by JWTs live apart from those of API keys: a token whose `sub` is "dev" must not read
+# the jobs of the API-key tenant "dev".
+JWT_TENANT_PREFIX = "jwt:"
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 OPERATOR_PREFIX = "operator:"
 # How often the server looks at the file's modification time: the bound on how long a revoked
@@ -253,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _webhook_problem(tenant: str, url: str) -> str | None:
-    if not _TENANT.fullmatch(tenant):
-        return f"{tenant!r} is not a tenant name"
+    # A tenant that calls with JWTs is "jwt:" and its tenant claim (auth.py).
+    if not _TENANT.fullmatch(tenant.removeprefix(JWT_TENANT_PREFIX)):
+        return f"{tenant!r} is not a tenant name (a key's tenant, or jwt: and a JWT's tenant claim)"
     # Where the URL's host leads is the servers' and workers' rule (WEBHOOK_ALLOWED_HOSTS), not known here.
     return AddressRule("0.0.0.0/0,::/0,localhost").url_problem(url) if url else None
 

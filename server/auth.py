@@ -16,12 +16,9 @@ import jwt
 
 from jobs.settings import ConfigError, Settings
 from jobs.tenants import valid_tenant
-from server.apikeys import OPERATOR_PREFIX, KeyEntry, KeyFile, key_id_of
+from server.apikeys import JWT_TENANT_PREFIX, OPERATOR_PREFIX, KeyEntry, KeyFile, key_id_of
 
 _ASYMMETRIC = ("RS256", "ES256")
-# Tenants named by JWTs live apart from those of API keys (which cannot contain ":"): a token whose
-# `sub` is "dev" must not read the jobs of the API-key tenant "dev".
-JWT_TENANT_PREFIX = "jwt:"
 # RFC 7519's NumericDate claims: numbers. PyJWT also takes numeric strings, which we refuse.
 _DATE_CLAIMS = ("exp", "nbf", "iat")
 # Verified JWTs are remembered briefly (a signature check costs more than the call it guards).
