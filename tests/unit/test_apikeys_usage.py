@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from server import apikeys
 
 
@@ -33,3 +35,14 @@ def test_each_usage_line_of_the_key_tool_works(tmp_path: Path) -> None:
     assert "webhook" not in keys, "given a webhook, then removed"
     for command in ("webhook", "webhook-secret"):
         assert printed[command].startswith("whsec_") and len(printed[command]) == 50, command
+
+
+def test_a_jwt_tenant_can_have_a_webhook_and_a_malformed_name_cannot(tmp_path: Path, capsys) -> None:
+    keys = tmp_path / "keys.txt"
+    assert apikeys.main(["--file", str(keys), "webhook", "jwt:acme-billing", "https://hooks.example.com/x"]) == 0
+    secret = capsys.readouterr().out.strip()
+    assert keys.read_text() == f"webhook jwt:acme-billing {secret} https://hooks.example.com/x\n"
+    for tenant in ("jwt:", "two words", "acme:x"):
+        with pytest.raises(SystemExit):
+            apikeys.main(["--file", str(keys), "webhook", tenant])
+    assert "not a tenant name" in capsys.readouterr().err
