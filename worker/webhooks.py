@@ -94,8 +94,8 @@ class WebhookSender:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}) as session:
             try:
                 while True:
+                    self._wake.clear()  # before reading the schedule: a wake meanwhile reads it again
                     await self._take_due(session)
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll_s)
             finally:
