@@ -48,9 +48,8 @@ class WebhookDeliveries:
         record = cast(Fields, await self._redis.hgetall(self._keys.job(job_id)))
         if not record:
             await self._schedule.done([job_id])
-        if record.get(F.HOOK_STATE) != WebhookState.SENDING:
             return None
-        return record
+        return record if record.get(F.HOOK_STATE) == WebhookState.SENDING else None
 
     async def record(self, job_id: str, hook_seq: str, attempt: Attempt, state: WebhookState, next_ms: int | None) -> bool:
         """Records one attempt; False when the ending it was for is no longer to be delivered."""
