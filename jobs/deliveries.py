@@ -57,6 +57,14 @@ class WebhookDeliveries:
         outcome = await self._record(keys=[self._keys.job(job_id), self._keys.webhooks], args=args)
         return bool(outcome == "ok")
 
+    async def release(self, job_ids: list[str]) -> None:
+        """Hands back leased deliveries that this process will not finish (it is stopping): due now,
+        for another worker, rather than when the lease ends. Only members still scheduled."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.zadd(self._keys.webhooks, {job_id: 0}, xx=True)
+            await pipe.execute()
+
     async def pending(self) -> int:
         """Endings due or waiting for a retry."""
         return int(await self._redis.zcard(self._keys.webhooks))

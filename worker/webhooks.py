@@ -81,7 +81,7 @@ class WebhookSender:
         # A slow attempt keeps its lease: another worker takes the delivery only once it surely ended.
         self._lease_ms = int(2 * settings.webhook_timeout_s * 1000)
         self._poll_s = min(1.0, *self._delays)
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: dict[asyncio.Task[None], str] = {}  # delivery -> its job id
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -99,9 +99,21 @@ class WebhookSender:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll_s)
             finally:
-                for task in self._inflight:
-                    task.cancel()
-                await asyncio.gather(*self._inflight, return_exceptions=True)
+                await self._hand_back()
+
+    async def _hand_back(self) -> None:
+        """Stops the deliveries under way and makes them due again at once, so that a worker that
+        stops (a deploy) does not hold them for their lease. A receiver may then get one twice,
+        with the same webhook-id, as after a crash."""
+        unfinished = [job_id for task, job_id in self._inflight.items() if not task.done()]
+        for task in self._inflight:
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        if unfinished:
+            try:
+                await asyncio.wait_for(self._deliveries.release(unfinished), 2.0)
+            except Exception as error:  # noqa: BLE001 - Redis away: their leases end by themselves
+                log.warning("webhooks: %d deliveries under way wait for their lease to end (%s)", len(unfinished), error)
 
     async def _take_due(self, session: aiohttp.ClientSession) -> None:
         free = self._settings.webhook_concurrency - len(self._inflight)
@@ -114,11 +126,11 @@ class WebhookSender:
             return
         for job_id in job_ids:
             task = asyncio.create_task(self._deliver(session, job_id))
-            self._inflight.add(task)
+            self._inflight[task] = job_id
             task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
+        self._inflight.pop(task, None)
         self._wake.set()  # a slot is free
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("webhooks: a delivery failed unexpectedly; it is tried again when its lease ends", exc_info=error)

@@ -198,3 +198,26 @@ async def test_a_worker_sigkilled_mid_delivery_loses_no_delivery(make_stack, rec
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def test_a_worker_stopped_mid_delivery_hands_it_to_another_at_once(make_stack, receive, work_dir) -> None:
+    # A lease of a minute: only the hand-back lets the second worker deliver within the wait below.
+    stack = await make_stack(workers=0, **WEBHOOKS | {"webhook_timeout_s": 30.0})
+    receiver = await receive(hold_first=True)
+    env = stack.settings.replace(worker_name="stopping").to_env()
+    first = python_process(f"{stack.settings.redis_prefix}-stopping", "worker", env, work_dir / "logs")
+    second = None
+    try:
+        job = await initiate(stack.stub, SMALL_IDS[:1], callback_url=receiver.url)
+        held = await receiver.next()
+        await asyncio.to_thread(first.stop)  # SIGTERM, as a deploy does
+        receiver.release()
+        env = stack.settings.replace(worker_name="taking-over").to_env()
+        second = python_process(f"{stack.settings.redis_prefix}-taking-over", "worker", env, work_dir / "logs")
+        again = await receiver.next(timeout_s=15)
+        assert again.webhook_id == held.webhook_id and again.answered == 200
+        assert (await webhook_settled(stack.stub, job.job_id)).webhook.state == pb.WEBHOOK_STATE_DELIVERED
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
