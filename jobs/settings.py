@@ -117,8 +117,8 @@ class Settings:
     # Hosts (names, addresses, CIDR blocks) a callback may reach although they are loopback,
     # private or link-local, e.g. "127.0.0.1,hooks.internal,10.1.0.0/16".
     webhook_allowed_hosts: str = ""
-    # Seconds before each retry of a failed delivery; after the last one fails, it gives up (about
-    # 7 h 20 min after the first attempt by default; a job's record lives JOB_TTL_S).
+    # Seconds before each retry of a failed delivery; after the last one fails, it gives up (7 h 42 min
+    # after the first attempt by default, less the jitter; a job's record lives JOB_TTL_S).
     webhook_retry_delays_s: str = "5,30,120,600,1800,3600,7200,14400"
     # One attempt's limit (connecting and the receiver's answer).
     webhook_timeout_s: float = 10.0
@@ -177,6 +177,14 @@ class Settings:
                 raise ConfigError(f"REDIS_SENTINELS entry {entry!r}: write host:port, e.g. sentinel-0:26379")
             addresses.append((host, int(port)))
         return addresses
+
+    @functools.cached_property
+    def webhook_delays_s(self) -> list[float]:
+        """WEBHOOK_RETRY_DELAYS_S as seconds."""
+        try:
+            return retry_delays(self.webhook_retry_delays_s)
+        except ValueError as error:
+            raise ConfigError(f"WEBHOOK_RETRY_DELAYS_S must be seconds separated by commas: {error}") from None
 
     @property
     def presign_endpoint(self) -> str:
@@ -239,10 +247,7 @@ class Settings:
                 secret_bytes(self.webhook_secret)
             except ValueError as error:
                 raise ConfigError(f"WEBHOOK_SECRET: {error}") from None
-        try:
-            retry_delays(self.webhook_retry_delays_s)
-        except ValueError as error:
-            raise ConfigError(f"WEBHOOK_RETRY_DELAYS_S must be seconds separated by commas: {error}") from None
+        self.webhook_delays_s  # noqa: B018 - parses WEBHOOK_RETRY_DELAYS_S, raising on a bad entry
         if self.webhook_timeout_s <= 0 or self.webhook_concurrency < 1:
             raise ConfigError("WEBHOOK_TIMEOUT_S must be positive and WEBHOOK_CONCURRENCY at least 1")
         if self.housekeeping_interval_s <= 0:

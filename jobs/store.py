@@ -380,8 +380,8 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.dead, k.stats(now // MINUTE_MS)]
-        keys.append(k.webhooks)
+        keys = [k.job(job_id), k.events(job_id), k.tombstone(job_id), k.sweep, k.live, k.dead]
+        keys += [k.stats(now // MINUTE_MS), k.webhooks]
         if durable:
             outcome = await self._replication.write(f"the change of job {job_id}", self._transition, keys, args)
         else:

@@ -18,21 +18,16 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-import logging
 import random
 import secrets
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
-log = logging.getLogger(__name__)
+from jobs.watched_file import WatchedFile
 
 SECRET_PREFIX = "whsec_"
 MAX_URL_LEN = 2048
 TENANT_LINE = "webhook"
-# How often a worker looks at the key file for tenants' secrets that changed.
-RELOAD_EVERY_S = 2.0
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -179,23 +174,14 @@ def tenant_line(tenant: str, secret: str, default_url: str = "") -> str:
 
 
 class TenantWebhooks:
-    """Tenants' secrets as a worker sees them: read from the key file, again when it changes."""
+    """Tenants' secrets and default URLs as a server or worker sees them: from the key file, read
+    again when it changes."""
 
     def __init__(self, path: str) -> None:
-        self._path = Path(path) if path else None
-        self._webhooks: dict[str, TenantWebhook] = {}
-        self._stamp: tuple[int, int] | None = None
-        self._checked = float("-inf")
+        self._file: WatchedFile[dict[str, TenantWebhook]] = WatchedFile(
+            path, parse_tenant_webhooks, {}, "tenants' webhook secrets"
+        )
 
     def get(self, tenant: str) -> TenantWebhook | None:
-        now = time.monotonic()
-        if self._path is not None and now - self._checked > RELOAD_EVERY_S:
-            self._checked = now
-            try:
-                stat = self._path.stat()
-                if (stat.st_mtime_ns, stat.st_size) != self._stamp:
-                    self._webhooks = parse_tenant_webhooks(self._path.read_text(), str(self._path))
-                    self._stamp = (stat.st_mtime_ns, stat.st_size)
-            except (OSError, ValueError) as error:
-                log.error("tenants' webhook secrets: %s; keeping the previous ones", error)
-        return self._webhooks.get(tenant)
+        self._file.refresh_due()
+        return self._file.value.get(tenant)

@@ -33,18 +33,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import logging
 import os
 import re
 import secrets
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.watched_file import RELOAD_EVERY_S, WatchedFile
 from jobs.webhooks import TENANT_LINE, AddressRule, new_secret, parse_tenant_webhooks, tenant_line
-
-log = logging.getLogger(__name__)
 
 _KEY = re.compile(r"lh_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
 # No ":", so a key's tenant can never be a JWT's (those are "jwt:<claim>", auth.py).
@@ -53,9 +50,6 @@ _KEY = re.compile(r"lh_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
 JWT_TENANT_PREFIX = "jwt:"
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 OPERATOR_PREFIX = "operator:"
-# How often the server looks at the file's modification time: the bound on how long a revoked
-# key keeps working.
-RELOAD_EVERY_S = 2.0
 _MAX_CHECKED_KEYS = 10_000
 
 
@@ -117,40 +111,23 @@ class KeyFile:
     """The key file as the server sees it: looked up in memory, re-read when it changes."""
 
     def __init__(self, path: str) -> None:
-        self._path = Path(path) if path else None
-        self._entries: dict[str, KeyEntry] = {}
+        self._file: WatchedFile[dict[str, KeyEntry]] = WatchedFile(path, parse, {}, "API keys")
         # Keys already checked against the current entries: every call carries one, and parsing and
         # hashing it each time was a few per cent of a GetStatus (BENCHMARKS.md). Emptied on reload,
         # so a revocation still takes effect within RELOAD_EVERY_S.
         self._checked_keys: dict[str, KeyEntry] = {}
-        self._stamp: tuple[int, int] | None = None
-        self._checked = 0.0
-        self._last_error = ""
-        self.reload()
-
-    def reload(self) -> None:
-        """Reads the file if it changed."""
-        if self._path is None:
-            return
-        stat = self._path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp == self._stamp:
-            return
-        self._entries = parse(self._path.read_text(), str(self._path))
-        self._checked_keys = {}
-        self._stamp = stamp
+        self._file.load()
 
     def entry(self, key: str) -> KeyEntry | None:
         """The entry of a valid, unrevoked key, else None.
 
         The file is looked at every RELOAD_EVERY_S (so a revocation takes effect within that), and at
         once for a key it does not know (so a new key works at once; a stat costs a microsecond)."""
-        now = time.monotonic()
-        if now - self._checked > RELOAD_EVERY_S:
-            self._checked = now
-            self._reload_keeping_last_good()
+        if self._file.refresh_due():
+            self._checked_keys = {}
         entry = self._lookup(key)
-        if entry is None and self._reload_keeping_last_good():
+        if entry is None and self._file.refresh():
+            self._checked_keys = {}
             entry = self._lookup(key)
         return entry
 
@@ -159,7 +136,7 @@ class KeyFile:
         if entry is not None:
             return entry
         key_id = key_id_of(key)
-        entry = self._entries.get(key_id) if key_id else None
+        entry = self._file.value.get(key_id) if key_id else None
         if entry is None or not hmac.compare_digest(entry.digest, digest(key)):
             return None
         if len(self._checked_keys) >= _MAX_CHECKED_KEYS:
@@ -167,21 +144,9 @@ class KeyFile:
         self._checked_keys[key] = entry
         return entry
 
-    def _reload_keeping_last_good(self) -> bool:
-        """Whether the keys changed."""
-        before = self._stamp
-        try:
-            self.reload()
-            self._last_error = ""
-        except (OSError, ValueError) as error:
-            if str(error) != self._last_error:  # once per problem, not once per call
-                log.error("API keys: %s; keeping the previous keys", error)
-            self._last_error = str(error)
-        return self._stamp != before
-
     @property
     def configured(self) -> bool:
-        return self._path is not None
+        return self._file.configured
 
 
 def _rewrite(path: Path, lines: list[str]) -> None:

@@ -35,7 +35,7 @@ from jobs.convert import Presigner, to_job
 from jobs.deliveries import Attempt, WebhookDeliveries
 from jobs.model import F, WebhookState
 from jobs.settings import Settings
-from jobs.webhooks import AddressRule, TenantWebhooks, next_delay_s, retry_delays, sign, webhook_id
+from jobs.webhooks import AddressRule, TenantWebhooks, next_delay_s, sign, webhook_id
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class WebhookSender:
         self._rule = AddressRule(settings.webhook_allowed_hosts)
         self._tenants = TenantWebhooks(settings.api_keys_file)
         self._presigner = Presigner(settings)
-        self._delays = retry_delays(settings.webhook_retry_delays_s)
+        self._delays = settings.webhook_delays_s
         # A slow attempt keeps its lease: another worker takes the delivery only once it surely ended.
         self._lease_ms = int(2 * settings.webhook_timeout_s * 1000)
         self._poll_s = min(1.0, *self._delays)

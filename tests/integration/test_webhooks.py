@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 import grpc
 import pytest
 
+from devstack.processes import ManagedProcess
 from devstack.seed import seed_sources
 from devstack.services import python_process
 from jobs.connections import redis_client, s3_client_kwargs, s3_session
@@ -22,7 +24,7 @@ from tests import credentials
 from tests.conftest import SMALL_IDS
 from tests.credentials import TENANT, TOKEN, WEBHOOK_SECRET
 from tests.helpers import initiate, wait_done
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import Delivery, Receiver
 
 # Deliveries retried quickly (the tests' settings sign with WEBHOOK_SECRET and allow 127.0.0.1).
 WEBHOOKS = {"webhook_retry_delays_s": "0.2,0.2,0.2"}
@@ -175,49 +177,44 @@ async def test_a_callback_without_a_secret_to_sign_with_is_refused(make_stack) -
     assert "WEBHOOK_SECRET" in refused.value.details()
 
 
+async def taken_over(
+    stack, receiver: Receiver, work_dir, stop: Callable[[ManagedProcess], None]
+) -> tuple[Delivery, Delivery, str]:
+    """A job's delivery held by a first worker process until `stop` ends that process, then made by
+    a second one: (the held delivery, the second worker's, the job id)."""
+    processes: list[ManagedProcess] = []
+
+    def start(name: str) -> ManagedProcess:
+        env = stack.settings.replace(worker_name=name).to_env()
+        processes.append(python_process(f"{stack.settings.redis_prefix}-{name}", "worker", env, work_dir / "logs"))
+        return processes[-1]
+
+    try:
+        first = start("first")
+        job = await initiate(stack.stub, SMALL_IDS[:1], callback_url=receiver.url)
+        held = await receiver.next()  # the first worker is waiting for its answer
+        await asyncio.to_thread(stop, first)
+        receiver.release()
+        start("second")
+        return held, await receiver.next(timeout_s=15), job.job_id
+    finally:
+        for process in processes:
+            process.stop()
+
+
 async def test_a_worker_sigkilled_mid_delivery_loses_no_delivery(make_stack, receive, work_dir) -> None:
     # A short timeout makes a short lease: the delivery is due again 2 s after the kill.
     stack = await make_stack(workers=0, **WEBHOOKS | {"webhook_timeout_s": 1.0})
-    receiver = await receive(hold_first=True)
-    env = stack.settings.replace(worker_name="first").to_env()
-    first = python_process(f"{stack.settings.redis_prefix}-first", "worker", env, work_dir / "logs")
-    second = None
-    try:
-        job = await initiate(stack.stub, SMALL_IDS[:1], callback_url=receiver.url)
-        held = await receiver.next()  # the first worker is waiting for its answer
-        first.kill()
-        receiver.release()
-        env = stack.settings.replace(worker_name="second").to_env()
-        second = python_process(f"{stack.settings.redis_prefix}-second", "worker", env, work_dir / "logs")
-        again = await receiver.next()
-        assert again.webhook_id == held.webhook_id and again.answered == 200
-        done = await webhook_settled(stack.stub, job.job_id)
-        # The killed attempt was never recorded: the one that counts is the second worker's.
-        assert (done.webhook.state, done.webhook.attempts) == (pb.WEBHOOK_STATE_DELIVERED, 1)
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+    held, again, job_id = await taken_over(stack, await receive(hold_first=True), work_dir, ManagedProcess.kill)
+    assert again.webhook_id == held.webhook_id and again.answered == 200
+    done = await webhook_settled(stack.stub, job_id)
+    # The killed attempt was never recorded: the one that counts is the second worker's.
+    assert (done.webhook.state, done.webhook.attempts) == (pb.WEBHOOK_STATE_DELIVERED, 1)
 
 
 async def test_a_worker_stopped_mid_delivery_hands_it_to_another_at_once(make_stack, receive, work_dir) -> None:
-    # A lease of a minute: only the hand-back lets the second worker deliver within the wait below.
+    # A lease of a minute: only the hand-back lets the second worker deliver within the wait.
     stack = await make_stack(workers=0, **WEBHOOKS | {"webhook_timeout_s": 30.0})
-    receiver = await receive(hold_first=True)
-    env = stack.settings.replace(worker_name="stopping").to_env()
-    first = python_process(f"{stack.settings.redis_prefix}-stopping", "worker", env, work_dir / "logs")
-    second = None
-    try:
-        job = await initiate(stack.stub, SMALL_IDS[:1], callback_url=receiver.url)
-        held = await receiver.next()
-        await asyncio.to_thread(first.stop)  # SIGTERM, as a deploy does
-        receiver.release()
-        env = stack.settings.replace(worker_name="taking-over").to_env()
-        second = python_process(f"{stack.settings.redis_prefix}-taking-over", "worker", env, work_dir / "logs")
-        again = await receiver.next(timeout_s=15)
-        assert again.webhook_id == held.webhook_id and again.answered == 200
-        assert (await webhook_settled(stack.stub, job.job_id)).webhook.state == pb.WEBHOOK_STATE_DELIVERED
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+    held, again, job_id = await taken_over(stack, await receive(hold_first=True), work_dir, ManagedProcess.stop)  # SIGTERM
+    assert again.webhook_id == held.webhook_id and again.answered == 200
+    assert (await webhook_settled(stack.stub, job_id)).webhook.state == pb.WEBHOOK_STATE_DELIVERED
