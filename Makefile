@@ -17,13 +17,14 @@ WEB_SOURCES := $(shell find $(WEB)/src -maxdepth 1 -type f)
 install: $(GENERATED) $(WEB_BUILT)
 
 # Debian packages: redis-server (the run command's fallback Redis, and the tests' own), nginx (the
-# tests put gateway/nginx.conf in front of Envoy) and Node.js (builds the web page). Installed only
-# when missing.
+# tests put gateway/nginx.conf in front of Envoy), Node.js (builds the web page) and wrk (the
+# tail-latency benchmark's load generator). Installed only when missing.
 $(VENV)/.system:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	command -v nginx >/dev/null || test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

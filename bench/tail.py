@@ -1,7 +1,10 @@
 """Tail latency: REST InitiateDownload through Envoy at 64 connections, p99 against p50, and where
-the time of the slow calls goes. Envoy times each request downstream (all of it) and upstream (the
-server's answer); the server times its handlers (grpc_server_handling_seconds), how late its event
-loop runs what is ready (event_loop_lag_seconds) and its garbage collections (python_gc_pause_seconds).
+the time of the slow calls goes. The load comes from wrk (bench/wrk.py). Envoy times each request
+downstream (all of it) and upstream (the server's answer); the server times its handlers
+(grpc_server_handling_seconds), how late its event loop runs what is ready (event_loop_lag_seconds)
+and its garbage collections (python_gc_pause_seconds). The same load is then sent from two Python
+asyncio processes, the load generator of the other benchmarks, to show what a load generator
+sharing the two cores adds to the tail it records.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from bench.env import BenchEnv
 from bench.envoy_streams import admin_get
 from bench.loadgen import HttpLoad, http
 from bench.report import Row, percentile
+from bench.wrk import wrk
 
 IN_FLIGHT = 64
-LOAD_PROCESSES = 2
+LOAD_PROCESSES = 2  # the Python comparison's
+_WARMUP_S = 1
 _ENVOY_FLUSH_S = 0.5  # how often the bench's Envoy merges its histograms (its default: 5 s)
 _BODY = json.dumps({"file_ids": [70000, 70007, 70014]}).encode()
 
@@ -59,23 +64,28 @@ def run(env: BenchEnv, duration_s: float) -> list[Row]:
     server, address = env.start_server()
     _, envoy, admin = env.start_envoy_with_admin(address, stats_flush_s=_ENVOY_FLUSH_S)
     metrics_url = f"http://{server.env['HTTP_LISTEN']}/metrics" if server.env else ""
+    url = f"http://{envoy}/v1/download/initiate"
+    wrk(url, IN_FLIGHT, _WARMUP_S, env.metadata, _BODY)
     before = _scrape(metrics_url)
-    load = HttpLoad(f"http://{envoy}/v1/download/initiate", IN_FLIGHT, duration_s, env.metadata, json_body=_BODY)
-    rate, latencies, errors = http(load, LOAD_PROCESSES)
-    if errors:
-        raise RuntimeError(f"{errors} REST creates failed during the benchmark")
+    load = wrk(url, IN_FLIGHT, duration_s, env.metadata, _BODY)
     after = _scrape(metrics_url)
+    if load.failed:
+        raise RuntimeError(f"{load.failed} REST creates failed during the benchmark")
     time.sleep(2 * _ENVOY_FLUSH_S)  # Envoy merges its histograms at each stats flush
-    p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
     downstream = _envoy_quantiles(admin, "http.public.downstream_rq_time")
     upstream = _envoy_quantiles(admin, "cluster.longhaul_grpc.upstream_rq_time")
     handler_p99 = _quantile(before, after, "grpc_server_handling_seconds", {"grpc_method": "InitiateDownload"}, 0.99)
     lag_p99 = _quantile(before, after, "event_loop_lag_seconds", {}, 0.99)
     longest_gc = _quantile(before, after, "python_gc_pause_seconds", {"generation": "2"}, 1.0)
+    python_rate, latencies, errors = http(HttpLoad(url, IN_FLIGHT, duration_s, env.metadata, json_body=_BODY), LOAD_PROCESSES)
+    if errors:
+        raise RuntimeError(f"{errors} REST creates failed during the benchmark")
+    python_p50, python_p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+    p50, p99 = load.p50_s * 1000, load.p99_s * 1000
     return [
         Row(
-            f"REST InitiateDownload through Envoy, {IN_FLIGHT} connections: p99 against p50",
-            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({rate:,.0f}/s)",
+            f"REST InitiateDownload through Envoy, {IN_FLIGHT} connections (wrk): p99 against p50",
+            f"p50 {p50:.1f} ms, p90 {load.p90_s * 1000:.1f} ms, p99 {p99:.1f} ms ({load.rate:,.0f}/s)",
             "",
             f"{p99 / p50:.1f} x",
             "<= 3 x",
@@ -87,6 +97,14 @@ def run(env: BenchEnv, duration_s: float) -> list[Row]:
             f"{upstream[0]:.1f} / {upstream[1]:.1f} ms; the handler itself: p99 {handler_p99}",
             f"the server's event loop late by: p99 {lag_p99}; its longest full collection: {longest_gc}",
             "",
+            "(report)",
+            None,
+        ),
+        Row(
+            f"the same load from {LOAD_PROCESSES} Python asyncio processes (aiohttp), as the load generator records it",
+            f"p50 {python_p50:.1f} ms, p99 {python_p99:.1f} ms ({python_rate:,.0f}/s)",
+            "",
+            f"{python_p99 / python_p50:.1f} x",
             "(report)",
             None,
         ),

@@ -19,9 +19,9 @@ def test_every_benchmark_runs_and_reports(tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     whats = " / ".join(row["what"] for row in rows)
-    for expected in ("InitiateDownload/s", "GetStatus/s", "through Envoy", "watcher has it", "idle WatchProgress",
-                     "Redis connections", "idle worker", "trivial jobs/s", "archive + upload", "peak RSS",
-                     "requests per completed download"):
+    for expected in ("InitiateDownload/s", "GetStatus/s", "through Envoy", "p99 against p50", "watcher has it",
+                     "idle WatchProgress", "Redis connections", "idle worker", "trivial jobs/s", "archive + upload",
+                     "peak RSS", "requests per completed download"):
         assert expected in whats, f"no {expected!r} row in: {whats}"
     assert all(row["ours"] for row in rows)
     assert "Longhaul benchmarks (smoke run)" in result.stdout
