@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
 from pathlib import Path
+
+import uvloop
 
 from jobs.logs import setup_logging
 from jobs.metrics import serve_metrics
@@ -24,6 +27,9 @@ async def work(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     metrics = await serve_metrics(settings.metrics_listen) if settings.metrics_listen else None
     await runner.start()
+    # As in the server: what the start built (botocore's service models above all) lives as long as
+    # the process, and frozen, a full collection no longer walks it while jobs wait.
+    gc.freeze()
     alive = asyncio.create_task(keep_touching(Path(settings.liveness_file))) if settings.liveness_file else None
     await stop.wait()
     logging.getLogger("worker").info("stopping")
@@ -38,7 +44,8 @@ def main() -> None:
     setup_logging("worker")
     stop_tracing = setup_tracing("worker")
     try:
-        asyncio.run(work(Settings.from_env()))
+        # uvloop, as in the server: the claims, progress writes and results of short jobs are loop-bound.
+        uvloop.run(work(Settings.from_env()))
     except ConfigError as error:
         sys.exit(f"worker: {error}")
     finally:
