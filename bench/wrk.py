@@ -20,10 +20,10 @@ _DONE = """
 done = function(summary, latency, requests)
   local errors = summary.errors
   io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "failed": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\\n',
+    '{"requests": %d, "duration_us": %d, "failed": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d}\\n',
     summary.requests, summary.duration,
     errors.connect + errors.read + errors.write + errors.status + errors.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+    latency:percentile(50), latency:percentile(90), latency:percentile(99)))
 end
 """
 
@@ -35,7 +35,6 @@ class WrkResult:
     p50_s: float
     p90_s: float
     p99_s: float
-    max_s: float
 
 
 def _lua_string(text: str) -> str:
@@ -84,5 +83,4 @@ def wrk(
         p50_s=figures["p50_us"] / 1e6,
         p90_s=figures["p90_us"] / 1e6,
         p99_s=figures["p99_us"] / 1e6,
-        max_s=figures["max_us"] / 1e6,
     )
