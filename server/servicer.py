@@ -68,6 +68,8 @@ class DownloadServicer(pb_grpc.DownloadServiceServicer):
                     message.type = pb.EVENT_TYPE_SNAPSHOT if update.type == "SNAPSHOT" else event_type(update.fields)
                     message.job.CopyFrom(to_job(update.fields, self._presigner))
                     message.event_time.CopyFrom(message.job.update_time)
+                # An idle stream waits for its next update for hours: it keeps no record meanwhile.
+                del update
                 started = True
                 yield message
         except Exception as error:

@@ -156,6 +156,8 @@ async def follow(
                     return
             if _is_terminal(job) and last >= int(job[F.SEQ]):
                 return
+        # An idle watch waits below for hours: it keeps nothing of the record it no longer needs.
+        del job
 
         while True:
             item = await inbox.get(heartbeat_s)
