@@ -44,30 +44,18 @@ def _lua_string(text: str) -> str:
     return f"[==[{text}]==]"
 
 
-def _script(method: str, headers: tuple[tuple[str, str], ...], body: bytes) -> str:
-    lines = [f"wrk.method = {_lua_string(method)}"]
-    if body:
-        lines.append(f"wrk.body = {_lua_string(body.decode())}")
+def _script(headers: tuple[tuple[str, str], ...], body: bytes) -> str:
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body.decode())}"]
     lines += [f"wrk.headers[ {_lua_string(name)} ] = {_lua_string(value)}" for name, value in headers]
     return "\n".join(lines) + "\n" + _DONE
 
 
-def wrk(
-    url: str,
-    connections: int,
-    duration_s: float,
-    headers: tuple[tuple[str, str], ...] = (),
-    body: bytes = b"",
-    content_type: str = "application/json",
-) -> WrkResult:
-    """Keeps `connections` requests in flight for `duration_s` (whole seconds, at least one: wrk's
-    unit) and returns what it measured. A POST of `body` when one is given, else a GET."""
-    method = "POST" if body else "GET"
-    if body:
-        headers = (*headers, ("Content-Type", content_type))
+def wrk(url: str, connections: int, duration_s: float, headers: tuple[tuple[str, str], ...], json_body: bytes) -> WrkResult:
+    """POSTs `json_body` from `connections` connections, each sending its next request when the last
+    is answered, for `duration_s` (whole seconds, at least one: wrk's unit); what it measured."""
     with tempfile.TemporaryDirectory() as work:
         script = Path(work) / "load.lua"
-        script.write_text(_script(method, headers, body))
+        script.write_text(_script((*headers, ("Content-Type", "application/json")), json_body))
         argv = [
             "wrk", "--threads", str(THREADS), "--connections", str(connections),
             "--duration", f"{max(1, math.ceil(duration_s))}s", "--script", str(script), url,

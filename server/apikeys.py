@@ -44,10 +44,10 @@ from jobs.watched_file import RELOAD_EVERY_S, WatchedFile
 from jobs.webhooks import TENANT_LINE, AddressRule, new_secret, parse_tenant_webhooks, tenant_line
 
 _KEY = re.compile(r"lh_([0-9a-f]{8})_[A-Za-z0-9_-]{43}")
-# No ":", so a key's tenant can never be a JWT's (those are "jwt:<claim>", auth.py).
 # Tenants named by JWTs live apart from those of API keys: a token whose `sub` is "dev" must not read
 # the jobs of the API-key tenant "dev".
 JWT_TENANT_PREFIX = "jwt:"
+# No ":", so a key's tenant can never be a JWT's (those are "jwt:<claim>", auth.py).
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 OPERATOR_PREFIX = "operator:"
 _MAX_CHECKED_KEYS = 10_000
@@ -112,31 +112,32 @@ class KeyFile:
 
     def __init__(self, path: str) -> None:
         self._file: WatchedFile[dict[str, KeyEntry]] = WatchedFile(path, parse, {}, "API keys")
-        # Keys already checked against the current entries: every call carries one, and parsing and
-        # hashing it each time was a few per cent of a GetStatus (BENCHMARKS.md). Emptied on reload,
-        # so a revocation still takes effect within RELOAD_EVERY_S.
+        # Keys already checked against the entries in `_checked_of`: every call carries one, and
+        # parsing and hashing it each time was a few per cent of a GetStatus (BENCHMARKS.md). Emptied
+        # when the file is read again, so a revocation still takes effect within RELOAD_EVERY_S.
         self._checked_keys: dict[str, KeyEntry] = {}
         self._file.load()
+        self._checked_of = self._file.value
 
     def entry(self, key: str) -> KeyEntry | None:
         """The entry of a valid, unrevoked key, else None.
 
         The file is looked at every RELOAD_EVERY_S (so a revocation takes effect within that), and at
         once for a key it does not know (so a new key works at once; a stat costs a microsecond)."""
-        if self._file.refresh_due():
-            self._checked_keys = {}
+        self._file.refresh_due()
         entry = self._lookup(key)
         if entry is None and self._file.refresh():
-            self._checked_keys = {}
             entry = self._lookup(key)
         return entry
 
     def _lookup(self, key: str) -> KeyEntry | None:
+        if self._checked_of is not self._file.value:
+            self._checked_keys, self._checked_of = {}, self._file.value
         entry = self._checked_keys.get(key)
         if entry is not None:
             return entry
         key_id = key_id_of(key)
-        entry = self._file.value.get(key_id) if key_id else None
+        entry = self._checked_of.get(key_id) if key_id else None
         if entry is None or not hmac.compare_digest(entry.digest, digest(key)):
             return None
         if len(self._checked_keys) >= _MAX_CHECKED_KEYS:
